@@ -1,0 +1,37 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both install what they need
+# first; a second run finds the venvs up to date (stamp files) and goes straight on.
+PYTHON ?= python3.11
+VENV := .venv
+DS_VENV := .venv-deepsparse
+BIN := $(VENV)/bin
+export NM_DISABLE_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+
+DEMO_OUT ?= out/demo
+
+.PHONY: install demo test test-fast bench-quality clean
+
+install: $(VENV)/.stamp $(DS_VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml constraints/main.txt constraints/packaged-data.txt scripts/install.sh
+	PYTHON=$(PYTHON) bash scripts/install.sh main
+	touch $@
+
+$(DS_VENV)/.stamp: constraints/deepsparse.txt scripts/install.sh
+	PYTHON=$(PYTHON) bash scripts/install.sh deepsparse
+	touch $@
+
+demo: install
+	$(BIN)/sparse-deploy demo --out $(DEMO_OUT) --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-quality: install
+	$(BIN)/python -m benchmarks.quality
+
+clean:
+	rm -rf $(VENV) $(DS_VENV) out .pytest_cache

@@ -1,0 +1,130 @@
+"""Quality benchmark: held-out perplexity of smollm2-135m pruned by each baseline and OWL.
+
+Run on demand (``make bench-quality``; ~40 min on 2 cores), not in the test suite. Each
+configuration runs in its own child process so that its peak memory is its own. Writes
+``benchmarks/results/quality_smollm2.{json,md}``.
+
+    python -m benchmarks.quality [--only NAME ...] [--eval-windows 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.environment import describe
+
+RESULTS = Path(__file__).parent / "results"
+
+CONFIGS: list[dict[str, Any]] = [
+    {"name": "dense", "method": None},
+    *({"name": f"{m}-{int(s * 100)}", "method": m, "sparsity": s} for s in (0.5, 0.7)
+      for m in ("magnitude", "wanda", "sparsegpt")),
+    *({"name": f"{m}-2:4", "method": m, "pattern": "2:4"} for m in ("magnitude", "wanda", "sparsegpt")),
+    {"name": "owl-wanda-70", "method": "wanda", "sparsity": 0.7, "owl": True},
+    {"name": "owl-sparsegpt-70", "method": "sparsegpt", "sparsity": 0.7, "owl": True},
+]
+
+
+def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dict[str, Any]:
+    """Prune and evaluate one configuration in this process."""
+    from pipeline.environment import peak_rss_mb
+    from pipeline.evaluate import perplexity
+    from pipeline.models import DEFAULT_MODEL, load_model
+    from pipeline.owl import OWLConfig
+    from pipeline.prune import CalibrationConfig, prune_model
+    from pipeline.pruners import build_pruner
+    from pipeline.sparsity_report import sparsity_report
+
+    loaded = load_model(DEFAULT_MODEL)
+    row: dict[str, Any] = {"name": config["name"]}
+    if config.get("method"):
+        pruner = build_pruner(config["method"], pattern=config.get("pattern", "unstructured"))
+        owl = OWLConfig() if config.get("owl") else None
+        result = prune_model(loaded, pruner, config.get("sparsity"), CalibrationConfig(), owl=owl)
+        row.update(recipe=result.method, target=result.target_sparsity, timings_s=result.timings_s,
+                   calibration=result.calibration.to_dict(), block_sparsity=result.block_sparsity)
+    report = sparsity_report(loaded.model)
+    ppl = perplexity(loaded.model, loaded.tokenizer, "wiki", eval_windows, eval_seq_len)
+    row.update(perplexity=ppl.perplexity, eval=ppl.to_dict(), achieved_sparsity=report["blocks_linear"]["sparsity"],
+               model_sparsity=report["model"]["sparsity"], peak_rss_mb=peak_rss_mb())
+    return row
+
+
+def _markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    ev = rows[0]["eval"]["protocol"]
+    calib = next((r["calibration"] for r in rows if "calibration" in r), {})
+    lines = [
+        "# Quality: smollm2-135m, held-out perplexity",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env['cores']} cores), torch "
+        f"{env['packages']['torch']}, transformers {env['packages']['transformers']}, Python {env['python']}.",
+        "",
+        f"- Evaluation: `{ev['source']}` (Wikipedia from exllamav2's calibration set, not WikiText-2), "
+        f"{ev['windows']} non-overlapping windows x {ev['seq_len']} tokens, fp32, exp(mean token NLL).",
+        f"- Calibration: `{calib.get('source')}`, {calib.get('windows')} random windows x {calib.get('seq_len')} "
+        f"tokens, seed {calib.get('seed')} (the papers use 128 x 2048 of C4).",
+        "- OWL: M = 5, lambda = 0.08, one sparsity per block from the dense model's outlier ratios.",
+        "- Sparsity: share of zeros in the decoder blocks' Linear weights, counted from the weights "
+        "(embeddings and the tied head stay dense). Pruning time excludes model loading and evaluation; "
+        "peak RSS is the child process's, loading included.",
+        "",
+        "| config | target | achieved | perplexity | prune time (s) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        target = r.get("target")
+        t = r.get("timings_s", {}).get("total_s")
+        lines.append(
+            f"| {r['name']} | {'-' if target is None else f'{target:.2f}'} | {r['achieved_sparsity']:.4f} | "
+            f"{r['perplexity']:.2f} | {'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="config names to run (default: all)")
+    parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--eval-seq-len", type=int, default=512)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a config as JSON
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    if args.one:
+        print("RESULT " + json.dumps(run_one(json.loads(args.one), args.eval_windows, args.eval_seq_len)))
+        return 0
+
+    configs = [c for c in CONFIGS if not args.only or c["name"] in args.only]
+    rows = []
+    for config in configs:
+        logging.info("running %s", config["name"])
+        child = subprocess.run(
+            [sys.executable, "-m", "benchmarks.quality", "--one", json.dumps(config),
+             "--eval-windows", str(args.eval_windows), "--eval-seq-len", str(args.eval_seq_len)],
+            capture_output=True, text=True, check=False,
+        )
+        result = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if child.returncode or not result:
+            sys.stderr.write(child.stderr[-4000:])
+            raise SystemExit(f"config {config['name']} failed")
+        rows.append(json.loads(result[-1][len("RESULT "):]))
+        logging.info("%s: perplexity %.2f", config["name"], rows[-1]["perplexity"])
+
+    env = describe()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality_smollm2.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
+    (args.out / "quality_smollm2.md").write_text(_markdown(rows, env))
+    logging.info("wrote %s", args.out / "quality_smollm2.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

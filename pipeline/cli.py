@@ -1,0 +1,135 @@
+"""``sparse-deploy``: a thin command line over the Python API.
+
+Every check that can fail on user input runs before any compute; a failure prints one
+line (``sparse-deploy: error: ...``) and exits with status 2, leaving no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.atomic import check_destination
+from pipeline.errors import SparseDeployError
+
+log = logging.getLogger("pipeline")
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calib-source", default="c4", help="packaged text name or a .txt/.jsonl file (default: c4)")
+    g.add_argument("--calib-samples", type=int, default=64, help="number of token windows (default: 64)")
+    g.add_argument("--calib-seq-len", type=int, default=512, help="tokens per window (default: 512)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the window offsets (default: 0)")
+
+
+def _add_eval_args(p: argparse.ArgumentParser, windows: int = 32) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-source", default="wiki", help="held-out text (default: wiki)")
+    g.add_argument("--eval-windows", type=int, default=windows, help=f"non-overlapping windows (default: {windows})")
+    g.add_argument("--eval-seq-len", type=int, default=512, help="tokens per window (default: 512)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pipeline.pruners import PRUNERS
+
+    parser = argparse.ArgumentParser(prog="sparse-deploy", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model and write an HF-format directory plus a JSON record")
+    p.add_argument("--model", required=True, help="named model, local directory or Hugging Face id")
+    p.add_argument("--method", required=True, choices=sorted(PRUNERS))
+    p.add_argument("--sparsity", type=float, help="target sparsity in [0, 1) (implied by --pattern N:M)")
+    p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M such as 2:4")
+    p.add_argument("--owl", action="store_true", help="OWL per-block sparsities (computed on the dense model)")
+    p.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default: 5)")
+    p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL half-spread lambda (default: 0.08)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (must be empty or absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    _add_calibration_args(p)
+
+    e = sub.add_parser("eval", help="held-out perplexity of a causal LM")
+    e.add_argument("--model", required=True, help="named model, local directory or Hugging Face id")
+    e.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _add_eval_args(e)
+
+    d = sub.add_parser("demo", help="prune the packaged smollm2-135m (OWL+Wanda 50%%) and compare perplexity")
+    d.add_argument("--out", type=Path, default=Path("out/demo"))
+    d.add_argument("--overwrite", action="store_true")
+    _add_eval_args(d, windows=16)
+
+    sub.add_parser("models", help="list the named offline models")
+    return parser
+
+
+def _cmd_prune(args: argparse.Namespace) -> None:
+    from pipeline.models import load_model
+    from pipeline.owl import OWLConfig
+    from pipeline.prune import CalibrationConfig, build_record, check_sparsity, prune_model, save_pruned
+    from pipeline.pruners import build_pruner
+
+    check_destination(args.out, args.overwrite)
+    pruner = build_pruner(args.method, pattern=args.pattern)
+    check_sparsity(args.sparsity, pruner)
+    owl = OWLConfig(m=args.owl_m, lam=args.owl_lambda) if args.owl else None
+    calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
+    loaded = load_model(args.model)
+    result = prune_model(loaded, pruner, args.sparsity, calibration, owl=owl)
+    record = build_record(loaded, result)
+    save_pruned(loaded, record, args.out, overwrite=args.overwrite)
+    achieved = record["achieved"]["blocks_linear"]["sparsity"]
+    log.info("wrote %s (blocks' Linear sparsity %.4f, %.1f s)", args.out, achieved, result.timings_s["total_s"])
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from pipeline.evaluate import perplexity
+    from pipeline.models import load_model
+
+    loaded = load_model(args.model)
+    result = perplexity(loaded.model, loaded.tokenizer, args.eval_source, args.eval_windows, args.eval_seq_len)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        p = result.protocol
+        print(f"perplexity {result.perplexity:.3f}  ({p.source}, {p.windows} x {p.seq_len} tokens)")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from pipeline.demo import run_demo
+
+    run_demo(args.out, args.overwrite, args.eval_source, args.eval_windows, args.eval_seq_len)
+
+
+def _cmd_models(_args: argparse.Namespace) -> None:
+    from pipeline.models import NAMED_MODELS
+
+    for model in NAMED_MODELS.values():
+        print(f"{model.name:14s} {model.description}")
+
+
+_COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "demo": _cmd_demo, "models": _cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("transformers", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        _COMMANDS[args.command](args)
+    except SparseDeployError as exc:
+        print(f"sparse-deploy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparse-deploy: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Held-out perplexity of a causal LM.
+
+Non-overlapping windows of a fixed length, each scored independently (no context carried
+over), fp32; perplexity is ``exp`` of the mean next-token NLL over all scored tokens.
+The protocol (source, windows, length) travels with the number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from pipeline.data import TextProtocol, evaluation_windows
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    mean_nll: float
+    tokens: int
+    protocol: TextProtocol
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"perplexity": self.perplexity, "mean_nll": self.mean_nll, "tokens": self.tokens,
+                "protocol": self.protocol.to_dict()}
+
+
+@torch.no_grad()
+def window_nll(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 4) -> tuple[float, int]:
+    """Summed next-token NLL over ``windows`` and the number of tokens scored."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in tqdm(windows.split(batch_size), desc="perplexity", unit="batch", disable=None):
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        targets = batch[:, 1:]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+        count += targets.numel()
+    return total, count
+
+
+def perplexity(model: PreTrainedModel, tokenizer: Any, source: str = "wiki", windows: int = 32,
+               seq_len: int = 512, batch_size: int = 4) -> PerplexityResult:
+    ids = evaluation_windows(tokenizer, source, windows, seq_len)
+    total, count = window_nll(model, ids, batch_size)
+    mean = total / count
+    protocol = TextProtocol(source=source, windows=windows, seq_len=seq_len, sampling="consecutive")
+    return PerplexityResult(perplexity=math.exp(mean), mean_nll=mean, tokens=count, protocol=protocol)

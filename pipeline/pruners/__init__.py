@@ -1,0 +1,29 @@
+"""Pruning methods, by name. Each method is one module holding its math and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.errors import SparseDeployError
+from pipeline.pruners.base import Pruner, WeightPruner
+from pipeline.sequential import BlockContext
+from pipeline.pruners.magnitude import MagnitudePruner
+from pipeline.pruners.sparsegpt import SparseGPTPruner
+from pipeline.pruners.wanda import WandaPruner
+
+PRUNERS: dict[str, type[Pruner]] = {cls.name: cls for cls in (MagnitudePruner, WandaPruner, SparseGPTPruner)}
+
+
+def build_pruner(method: str, **params: Any) -> Pruner:
+    """A configured pruner from its name and parameters, with one-line errors."""
+    try:
+        cls = PRUNERS[method]
+    except KeyError:
+        raise SparseDeployError(f"unknown method '{method}'; available: {', '.join(sorted(PRUNERS))}") from None
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise SparseDeployError(f"bad parameters for '{method}': {exc}") from None
+
+
+__all__ = ["PRUNERS", "BlockContext", "Pruner", "WeightPruner", "build_pruner"]

@@ -1,0 +1,72 @@
+"""The real packaged model end to end (slow: about a minute once the model is cached)."""
+
+import json
+
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.data import calibration_samples, token_batches
+from pipeline.evaluate import perplexity
+from pipeline.models import load_model
+from pipeline.prune import RECORD_FILE
+from pipeline.pruners import build_pruner
+from pipeline.sequential import BlockContext, calibrate_sequentially
+from tests.conftest import reconstruction_error
+
+pytestmark = pytest.mark.slow
+EVAL = dict(source="wiki", windows=4, seq_len=256)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def dense_ppl(smollm2):
+    return perplexity(smollm2.model, smollm2.tokenizer, **EVAL).perplexity
+
+
+def test_packaged_model_is_the_dequantized_smollm2(smollm2, dense_ppl):
+    cfg = smollm2.model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size) == ("llama", 30, 576)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (9, 3, 1536)
+    assert getattr(cfg, "quantization_config", None) is None
+    assert smollm2.model.lm_head.weight is smollm2.model.model.embed_tokens.weight
+    assert 5 < dense_ppl < 40, dense_ppl  # a real LM, not random weights (random: ~50000)
+
+
+def test_reconstruction_error_order_on_real_layers(smollm2):
+    batches = token_batches(calibration_samples(smollm2.tokenizer, "c4", 8, 256, seed=0), 4)
+    errors: dict[str, dict[str, float]] = {}
+
+    def measure(ctx: BlockContext) -> bool:
+        if ctx.index in (2, 20):
+            for name in ("self_attn.q_proj", "mlp.down_proj"):
+                w, stats = ctx.layers[name].weight.detach(), ctx.stats[name]
+                errors[f"{ctx.index}.{name}"] = {
+                    m: reconstruction_error(w, build_pruner(m).prune_weight(w, stats, 0.5), stats)
+                    for m in ("magnitude", "wanda", "sparsegpt")
+                }
+        return False
+
+    calibrate_sequentially(smollm2.model, batches, build_pruner("sparsegpt").statistics, measure)
+    assert len(errors) == 4
+    for layer, e in errors.items():
+        assert e["sparsegpt"] < e["wanda"] < e["magnitude"], (layer, e)
+
+
+def test_cli_prunes_the_real_model_end_to_end(tmp_path, dense_ppl):
+    out = tmp_path / "wanda50"
+    args = ["prune", "--model", "smollm2-135m", "--method", "wanda", "--sparsity", "0.5", "--owl",
+            "--calib-samples", "16", "--calib-seq-len", "256", "--out", str(out)]
+    assert main(args) == 0
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["achieved"]["blocks_linear"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert len(record["recipe"]["block_sparsity"]) == 30
+    pruned = load_model(str(out))
+    assert pruned.model.lm_head.weight is pruned.model.model.embed_tokens.weight
+    ppl = perplexity(pruned.model, pruned.tokenizer, **EVAL).perplexity
+    assert dense_ppl < ppl < 10 * dense_ppl, (dense_ppl, ppl)
+    assert torch.isfinite(torch.tensor(ppl))
