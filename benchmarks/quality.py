@@ -57,13 +57,37 @@ def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dic
     return row
 
 
-def _markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+# The papers' claims this benchmark checks: (better, worse) pairs of config names.
+CLAIMS = [
+    ("sparsegpt-50", "wanda-50", "SparseGPT below Wanda at 50%"),
+    ("wanda-50", "magnitude-50", "Wanda below magnitude at 50%"),
+    ("owl-wanda-70", "wanda-70", "OWL+Wanda below Wanda at 70% (OWL's central claim)"),
+    ("owl-sparsegpt-70", "sparsegpt-70", "OWL+SparseGPT below SparseGPT at 70%"),
+]
+TIME_LIMIT_S = ("wanda-70", 300.0)
+
+
+def _checks(rows: list[dict[str, Any]]) -> list[str]:
+    by_name = {r["name"]: r for r in rows}
+    lines = []
+    for better, worse, claim in CLAIMS:
+        if better in by_name and worse in by_name:
+            a, b = by_name[better]["perplexity"], by_name[worse]["perplexity"]
+            lines.append(f"- {claim}: {a:.2f} vs {b:.2f}: **{'holds' if a < b else 'does not hold'}**")
+    name, limit = TIME_LIMIT_S
+    if name in by_name:
+        t = by_name[name]["timings_s"]["total_s"]
+        lines.append(f"- {name} prune under {limit:.0f} s: {t:.0f} s: **{'holds' if t < limit else 'does not hold'}**")
+    return lines
+
+
+def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str) -> str:
     ev = rows[0]["eval"]["protocol"]
     calib = next((r["calibration"] for r in rows if "calibration" in r), {})
     lines = [
         "# Quality: smollm2-135m, held-out perplexity",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env['cores']} cores), torch "
+        f"Measured {measured} on {env['cpu']} ({env['cores']} cores), torch "
         f"{env['packages']['torch']}, transformers {env['packages']['transformers']}, Python {env['python']}.",
         "",
         f"- Evaluation: `{ev['source']}` (Wikipedia from exllamav2's calibration set, not WikiText-2), "
@@ -85,6 +109,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
             f"| {r['name']} | {'-' if target is None else f'{target:.2f}'} | {r['achieved_sparsity']:.4f} | "
             f"{r['perplexity']:.2f} | {'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} |"
         )
+    lines += ["", "## Claims checked", "", *_checks(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -95,8 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a config as JSON
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="rewrite the Markdown from the existing JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    json_path, md_path = args.out / "quality_smollm2.json", args.out / "quality_smollm2.md"
+
+    if args.render:
+        data = json.loads(json_path.read_text())
+        md_path.write_text(_markdown(data["rows"], data["environment"], data["measured"]))
+        return 0
 
     if args.one:
         print("RESULT " + json.dumps(run_one(json.loads(args.one), args.eval_windows, args.eval_seq_len)))
@@ -118,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(json.loads(result[-1][len("RESULT "):]))
         logging.info("%s: perplexity %.2f", config["name"], rows[-1]["perplexity"])
 
-    env = describe()
+    env, measured = describe(), time.strftime("%Y-%m-%d")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality_smollm2.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    (args.out / "quality_smollm2.md").write_text(_markdown(rows, env))
-    logging.info("wrote %s", args.out / "quality_smollm2.md")
+    json_path.write_text(json.dumps({"measured": measured, "environment": env, "rows": rows}, indent=2) + "\n")
+    md_path.write_text(_markdown(rows, env, measured))
+    logging.info("wrote %s", md_path)
     return 0
 
 
