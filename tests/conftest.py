@@ -10,8 +10,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.models import LoadedModel, load_model  # noqa: E402
+from pipeline.models import NAMED_MODELS, LoadedModel, load_model, resolve_model_dir  # noqa: E402
 from pipeline.statistics import LayerStatistics, Statistic  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def materialized_models():
+    """Build the cached named models once, up front: the one-time GGUF dequantization
+    (~20 s, with its progress bar) must not land inside a test that captures stderr."""
+    for name in NAMED_MODELS:
+        resolve_model_dir(name)
 
 
 @pytest.fixture
