@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true")
     _add_eval_args(d, windows=16)
 
+    x = sub.add_parser("export", help="export a (pruned) model to an ONNX artifact with sparsity metadata")
+    x.add_argument("--model", required=True, help="pruned model directory, named model or Hugging Face id")
+    x.add_argument("--out", required=True, type=Path, help="artifact directory (must be empty or absent)")
+    x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--parity-windows", type=int, default=4, help="held-out windows for perplexity parity")
+    x.add_argument("--parity-seq-len", type=int, default=256)
+
     sub.add_parser("models", help="list the named offline models")
     return parser
 
@@ -105,6 +112,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.overwrite, args.eval_source, args.eval_windows, args.eval_seq_len)
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from export.artifact import export_artifact
+
+    manifest = export_artifact(args.model, args.out, args.overwrite, parity_windows=args.parity_windows,
+                               parity_seq_len=args.parity_seq_len)
+    parity = manifest["parity"]
+    ppl = parity.get("perplexity")
+    log.info("wrote %s (%s); logits max abs error %s%s", args.out, ", ".join(manifest["flavours"]),
+             ", ".join(f"{k} {v['max_abs_error']:.2e}" for k, v in parity.items() if "max_abs_error" in v),
+             f"; perplexity torch {ppl['torch']:.3f} vs onnx {ppl['onnx']:.3f}" if ppl else "")
+
+
 def _cmd_models(_args: argparse.Namespace) -> None:
     from pipeline.models import NAMED_MODELS
 
@@ -112,7 +131,8 @@ def _cmd_models(_args: argparse.Namespace) -> None:
         print(f"{model.name:14s} {model.description}")
 
 
-_COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "demo": _cmd_demo, "models": _cmd_models}
+_COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "export": _cmd_export, "demo": _cmd_demo,
+             "models": _cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,154 @@
+"""``sparse-deploy export``: a pruned model directory -> a deployable artifact directory.
+
+    ART/
+      model.onnx (+ model.onnx.data)   decode graph with KV cache: ONNX Runtime, optimum and DeepSparse
+      prefill/model.onnx (+ data)      whole-sequence graph without cache (LLMs only)
+      config.json, tokenizer files     what optimum's ORTModelForCausalLM needs to load ART
+      manifest.json                    weights' sparsity, recipe, parity, versions, sha256 of every file
+
+Encoders and vision models get one ``model.onnx``. The directory is written atomically and
+only when parity passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export.graphs import IR_VERSION, OPSET, export_graph, make_deepsparse_compatible
+from export.metadata import write_metadata
+from export.parity import Tolerance, logits_parity, perplexity_parity
+from export.weights import rename_weight_initializers, weight_report
+from pipeline.architectures import ModelKind
+from pipeline.atomic import atomic_directory, check_destination
+from pipeline.environment import describe
+from pipeline.errors import SparseDeployError
+from pipeline.models import LoadedModel, load_model
+from pipeline.prune import RECORD_FILE
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "sparse-deploy-artifact/1"
+EXTERNAL_DATA_ABOVE = 1 << 30  # bytes of initializers; protobuf caps a file at 2 GiB
+
+FLAVOURS: dict[ModelKind, dict[str, str]] = {
+    ModelKind.CAUSAL_LM: {
+        "decode": "model.onnx",
+        "prefill": "prefill/model.onnx",
+    },
+    ModelKind.TEXT_ENCODER: {"encoder": "model.onnx"},
+    ModelKind.VISION: {"encoder": "model.onnx"},
+}
+_FLAVOUR_NOTES = {
+    "decode": "KV cache in optimum's names; dynamic sequence and past lengths, so it also prefills with an empty "
+              "past. Loaded by ORTModelForCausalLM and compiled by DeepSparse 1.8.0 (RoPE as table lookups: "
+              "DeepSparse aborts on RoPE computed from a position_ids input).",
+    "prefill": "whole sequence, no cache: prefill latency and held-out perplexity.",
+    "encoder": "last_hidden_state of the whole input.",
+}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_hash(model_dir: Path) -> str | None:
+    files = sorted(model_dir.glob("*.safetensors")) if model_dir.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(sha256(f).encode())
+    return digest.hexdigest()
+
+
+def _recipe(model_dir: Path) -> dict[str, Any]:
+    record = model_dir / RECORD_FILE
+    if record.is_file():
+        return json.loads(record.read_text())["recipe"]
+    return {"method": "none (dense)"}
+
+
+def _write_graph(loaded: LoadedModel, flavour: str, dest: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Export, rename weights, make DeepSparse-compatible, embed metadata, save."""
+    with tempfile.TemporaryDirectory() as raw_dir:
+        raw = Path(raw_dir) / "raw.onnx"
+        io = export_graph(loaded.model, flavour, raw)
+        proto = onnx.load(str(raw), load_external_data=True)
+    make_deepsparse_compatible(proto)
+    weights = weight_report(proto.graph, rename_weight_initializers(proto.graph, loaded.model))
+    write_metadata(proto, {**metadata, "flavour": {"name": flavour, **io}, "weights": weights})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    size = sum(len(i.raw_data) for i in proto.graph.initializer)
+    if size > EXTERNAL_DATA_ABOVE:
+        onnx.save_model(proto, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dest.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(dest))
+    return {"io": io, "weights": weights}
+
+
+def _copy_serving_files(model_dir: Path, out: Path) -> None:
+    for pattern in ("config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
+                    "*.model", "chat_template.jinja", "vocab.txt", "preprocessor_config.json"):
+        for f in model_dir.glob(pattern):
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
+
+
+def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: Tolerance = Tolerance(),
+                    parity_windows: int = 4, parity_seq_len: int = 256) -> dict[str, Any]:
+    """Export ``model`` (a pruned directory, a named model or a Hub id) to the artifact ``out``."""
+    check_destination(out, overwrite)
+    loaded = load_model(model)
+    model_dir = Path(loaded.path)
+    started = time.perf_counter()
+    common = {
+        "format": FORMAT,
+        "source_model": {"name": loaded.source, "model_type": loaded.spec.model_type,
+                         "safetensors_sha256": _source_hash(model_dir)},
+        "recipe": _recipe(model_dir),
+        "export": {"exporter": "torch.onnx (dynamo)", "opset": OPSET, "ir_version": IR_VERSION},
+    }
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        flavours, parity, weights = {}, {}, None
+        for flavour, rel in FLAVOURS[loaded.spec.kind].items():
+            log.info("exporting %s graph", flavour)
+            written = _write_graph(loaded, flavour, tmp / rel, common)
+            parity[flavour] = logits_parity(loaded.model, flavour, tmp / rel, tolerance)
+            flavours[flavour] = {"file": rel, **written["io"], "note": _FLAVOUR_NOTES[flavour],
+                                 "runtimes": ["onnxruntime", "deepsparse"]}
+            weights = weights or written["weights"]  # every flavour holds the same weights
+        if "prefill" in flavours:
+            log.info("perplexity parity on %d x %d tokens", parity_windows, parity_seq_len)
+            parity["perplexity"] = perplexity_parity(loaded.model, loaded.tokenizer, tmp / flavours["prefill"]["file"],
+                                                     tolerance, windows=parity_windows, seq_len=parity_seq_len)
+        failed = [k for k, v in parity.items() if not v["passed"]]
+        if failed:
+            raise SparseDeployError(f"parity failed for {', '.join(failed)}: {json.dumps({k: parity[k] for k in failed})}"
+                                    "; nothing was written")
+        _copy_serving_files(model_dir, tmp)
+        manifest = {
+            **common,
+            "flavours": flavours,
+            "weights": weights,
+            "parity": {"tolerance": tolerance.__dict__, **parity},
+            "environment": describe(),
+            "export_seconds": time.perf_counter() - started,
+            "files": {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

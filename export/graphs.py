@@ -1,0 +1,185 @@
+"""The torch modules we export, and the export itself (torch.onnx, dynamo).
+
+Why not optimum's exporter alone: DeepSparse 1.8.0 aborts (``graph.cpp:925``) on optimum's
+LLaMA graphs and on plain dynamo exports with a KV cache. We traced it to RoPE computed at
+run time from the ``position_ids`` input (a Concat fed by int -> float math on a graph
+input). Replacing the rotary module by a lookup into cos/sin tables precomputed with the
+model's own rotary module (a ``Gather`` from an initializer, like the embedding) gives a
+graph that DeepSparse compiles *and* that optimum's ``ORTModelForCausalLM`` drives, since
+it keeps optimum's input/output names. So one decode graph serves both runtimes.
+
+Flavours:
+
+* ``decode``: ``input_ids, attention_mask, position_ids, past_key_values.{i}.{key,value}``
+  in, ``logits, present.{i}.{key,value}`` out; sequence and past lengths dynamic, so it
+  also runs a prefill with an empty past (how optimum's generate starts).
+* ``prefill``: ``input_ids`` in, ``logits`` out, no cache: the whole-sequence graph.
+* ``encoder``: vision/text encoders, ``last_hidden_state`` out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from pipeline.architectures import ModelKind, spec_for
+
+log = logging.getLogger(__name__)
+
+OPSET = 18  # DeepSparse 1.8.0 accepts opset 18 ...
+IR_VERSION = 8  # ... but not IR 10, which torch.onnx writes
+
+
+class TableRotary(nn.Module):
+    """Drop-in for a RoPE module: cos/sin looked up in tables the original module computed."""
+
+    def __init__(self, rotary: nn.Module, max_positions: int):
+        super().__init__()
+        positions = torch.arange(max_positions).unsqueeze(0)
+        with torch.no_grad():
+            cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
+        self.register_buffer("cos_table", cos[0].contiguous(), persistent=False)
+        self.register_buffer("sin_table", sin[0].contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos_table[position_ids].to(x.dtype), self.sin_table[position_ids].to(x.dtype)
+
+
+@contextlib.contextmanager
+def table_rotary(model: PreTrainedModel) -> Iterator[int | None]:
+    """Swap the model's rotary module for a :class:`TableRotary` while exporting. Yields the
+    table length (the longest position the graph supports), or None without RoPE."""
+    base = model.base_model
+    rotary = getattr(base, "rotary_emb", None)
+    if rotary is None:
+        yield None
+        return
+    length = int(model.config.max_position_embeddings)
+    base.rotary_emb = TableRotary(rotary, length)
+    try:
+        yield length
+    finally:
+        base.rotary_emb = rotary
+
+
+class CausalLMDecode(nn.Module):
+    """One step with a KV cache, in optimum's naming: past tensors in, presents out."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+        self.layers = model.config.num_hidden_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):  # noqa: ANN001
+        cache = DynamicCache()
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        presents = []
+        for layer in out.past_key_values.layers:
+            presents += [layer.keys, layer.values]
+        return (out.logits, *presents)
+
+
+class CausalLMPrefill(nn.Module):
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):  # noqa: ANN001
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: PreTrainedModel, input_name: str):
+        super().__init__()
+        self.model, self.input_name = model, input_name
+
+    def forward(self, x):  # noqa: ANN001
+        return self.model(**{self.input_name: x}).last_hidden_state
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """Shape of one layer's cached keys/values: (batch, kv_heads, length, head_dim)."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> "KVGeometry":
+        c = model.config
+        heads = c.num_attention_heads
+        return cls(c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or heads,
+                   getattr(c, "head_dim", None) or c.hidden_size // heads)
+
+    def names(self, prefix: str) -> list[str]:
+        return [f"{prefix}.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+
+
+def decode_inputs(geometry: KVGeometry, seq: int, past: int, batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Feeds for the decode graph: ``seq`` new tokens after ``past`` cached ones."""
+    gen = torch.Generator().manual_seed(seed)
+    feeds = {
+        "input_ids": torch.randint(3, 1000, (batch, seq), generator=gen),
+        "attention_mask": torch.ones(batch, past + seq, dtype=torch.long),
+        "position_ids": torch.arange(past, past + seq).expand(batch, seq).contiguous(),
+    }
+    for name in geometry.names("past_key_values"):
+        feeds[name] = torch.randn(batch, geometry.kv_heads, past, geometry.head_dim, generator=gen)
+    return feeds
+
+
+def make_deepsparse_compatible(model: onnx.ModelProto) -> None:
+    """IR 8 and only the opset domains the graph uses (DeepSparse rejects unknown ones)."""
+    used = {node.domain for node in model.graph.node}
+    kept = [op for op in model.opset_import if op.domain in used or op.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    model.ir_version = IR_VERSION
+
+
+def export_graph(model: PreTrainedModel, flavour: str, path: Path) -> dict:
+    """Export one flavour, raw, to ``path`` (external data beside it); the artifact writer
+    post-processes it. Returns the graph's I/O description."""
+    model = model.eval()
+    kind = spec_for(model).kind
+    with table_rotary(model) as rope_table:
+        if flavour == "decode":
+            geometry = KVGeometry.of(model)
+            feeds = decode_inputs(geometry, seq=3, past=5, batch=2)  # sizes of 1 would be specialized
+            module = CausalLMDecode(model).eval()
+            outputs = ["logits", *geometry.names("present")]
+            dynamic = ({0: "batch", 1: "sequence"}, {0: "batch", 1: "total_sequence"}, {0: "batch", 1: "sequence"},
+                       tuple({0: "batch", 2: "past_sequence"} for _ in range(2 * geometry.layers)))
+            args = tuple(feeds.values())  # dynamic_shapes groups the past tensors as forward's *past
+        elif flavour == "prefill":
+            feeds = {"input_ids": torch.randint(3, 1000, (2, 8))}
+            module, outputs = CausalLMPrefill(model).eval(), ["logits"]
+            args, dynamic = (feeds["input_ids"],), ({0: "batch", 1: "sequence"},)
+        elif flavour == "encoder":
+            if kind is ModelKind.VISION:
+                size = model.config.image_size
+                feeds = {"pixel_values": torch.randn(2, model.config.num_channels, size, size)}
+                dynamic = ({0: "batch"},)
+            else:
+                feeds = {"input_ids": torch.randint(3, 1000, (2, 8))}
+                dynamic = ({0: "batch", 1: "sequence"},)
+            name = next(iter(feeds))
+            module, outputs = EncoderGraph(model, name).eval(), ["last_hidden_state"]
+            args = (feeds[name],)
+        else:
+            raise ValueError(f"unknown flavour {flavour}")
+        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET, input_names=list(feeds),
+                          output_names=outputs, dynamic_shapes=dynamic, external_data=True, verbose=False)
+    return {"inputs": list(feeds), "outputs": outputs, "rope_table_positions": rope_table}

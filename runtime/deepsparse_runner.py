@@ -1,0 +1,81 @@
+"""The parent side of DeepSparse: run the worker in .venv-deepsparse, turn crashes into errors.
+
+A C++ assertion in DeepSparse's compiler kills the worker; the pipeline reports it in one
+line (with the assertion's location) instead of dying with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from pipeline.errors import SparseDeployError
+
+WORKER = Path(__file__).with_name("deepsparse_worker.py")
+
+
+def deepsparse_python() -> Path:
+    """The interpreter of the DeepSparse venv (``$SPARSE_DEPLOY_DEEPSPARSE_PYTHON`` overrides)."""
+    override = os.environ.get("SPARSE_DEPLOY_DEEPSPARSE_PYTHON")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / ".venv-deepsparse" / "bin" / "python"
+
+
+def available() -> bool:
+    return deepsparse_python().is_file()
+
+
+@dataclass
+class DeepSparseResult:
+    compile_s: float
+    times_s: list[float]
+    fraction_of_supported_ops: float
+    num_cores: int
+    versions: dict[str, str]
+    outputs: list[np.ndarray] | None = None
+
+
+def _crash_message(proc: subprocess.CompletedProcess) -> str:
+    lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
+    cause = next((line for line in lines if "Assertion" in line or "Error" in line), lines[-1] if lines else "")
+    code = proc.returncode
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+    return f"{how}: {cause[:300]}"
+
+
+def run_deepsparse(model: str | Path, feeds: Mapping[str, np.ndarray], *, num_cores: int | None = None,
+                   warmup: int = 0, repetitions: int = 0, want_outputs: bool = False,
+                   timeout_s: float = 1800) -> DeepSparseResult:
+    """Compile ``model`` for the feeds' shapes in a child process; time and/or run it."""
+    python = deepsparse_python()
+    if not python.is_file():
+        raise SparseDeployError(f"DeepSparse venv not found at {python} (run `make install`)")
+    with tempfile.TemporaryDirectory(prefix="deepsparse-") as work:
+        request = {"model": str(Path(model).resolve()), "num_cores": num_cores, "warmup": warmup,
+                   "repetitions": repetitions, "outputs": want_outputs}
+        Path(work, "request.json").write_text(json.dumps(request))
+        np.savez(Path(work, "inputs.npz"), *feeds.values())
+        env = {**os.environ, "NM_DISABLE_ANALYTICS": "1"}
+        try:
+            proc = subprocess.run([str(python), str(WORKER), work], capture_output=True, text=True, env=env,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise SparseDeployError(f"DeepSparse did not finish {model} within {timeout_s:.0f} s") from None
+        response = Path(work, "response.json")
+        if proc.returncode != 0 or not response.is_file():
+            raise SparseDeployError(f"DeepSparse failed on {model} ({_crash_message(proc)})")
+        data = json.loads(response.read_text())
+        outputs = None
+        if want_outputs:
+            with np.load(Path(work, "outputs.npz")) as out:
+                outputs = [out[f"arr_{i}"] for i in range(len(out.files))]
+    return DeepSparseResult(outputs=outputs, **data)

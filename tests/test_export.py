@@ -1,0 +1,130 @@
+"""Artifacts: metadata true to the weights, parity, atomicity, and real clients (optimum, DeepSparse)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from export.artifact import MANIFEST, export_artifact, sha256
+from export.graphs import KVGeometry, decode_inputs
+from export.metadata import read_metadata
+from export.parity import Tolerance
+from pipeline.cli import main
+from pipeline.errors import SparseDeployError
+from pipeline.models import load_model
+from runtime import deepsparse_runner
+from runtime.onnxruntime_runner import run, session
+
+needs_deepsparse = pytest.mark.skipif(not deepsparse_runner.available(), reason="no .venv-deepsparse")
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pruned") / "tiny"
+    assert main(["prune", "--model", "tiny-llama", "--method", "sparsegpt", "--pattern", "2:4", "--out", str(out),
+                 "--calib-samples", "4", "--calib-seq-len", "32"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifact(pruned_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "tiny"
+    export_artifact(str(pruned_dir), out, parity_windows=2, parity_seq_len=64)
+    return out
+
+
+def test_metadata_lists_every_weight_with_its_true_sparsity(artifact, pruned_dir):
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    proto = onnx.load(str(artifact / "model.onnx"))
+    assert read_metadata(proto)["weights"] == manifest["weights"]  # plain onnx reads it back
+    params = dict(load_model(str(pruned_dir)).model.named_parameters())
+    linear = [n for n, p in params.items() if p.dim() == 2 and "layers." in n]
+    assert {f"{n.removeprefix('model.')}.T" for n in linear} <= manifest["weights"].keys()
+    arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for name, info in manifest["weights"].items():
+        array = arrays[name]
+        torch_weight = params["model." + name.removesuffix(".T")] if "model." + name.removesuffix(".T") in params \
+            else params[name.removesuffix(".T")]
+        expected = torch_weight.detach().numpy().T if name.endswith(".T") else torch_weight.detach().numpy()
+        np.testing.assert_array_equal(array, expected)
+        assert info["nonzeros"] == int(np.count_nonzero(array)) == int(torch.count_nonzero(torch_weight))
+        assert info["shape"] == list(array.shape)
+        if "layers." in name:
+            assert info["pattern"] == "2:4" and info["sparsity"] == pytest.approx(0.5)
+
+
+def test_metadata_survives_a_load_save_round_trip(artifact, tmp_path):
+    proto = onnx.load(str(artifact / "model.onnx"))
+    onnx.save(proto, str(tmp_path / "copy.onnx"))
+    assert read_metadata(onnx.load(str(tmp_path / "copy.onnx"))) == read_metadata(proto)
+
+
+def test_manifest_records_parity_hashes_and_recipe(artifact):
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    assert manifest["recipe"]["method"] == "sparsegpt" and manifest["recipe"]["pattern"] == "2:4"
+    assert all(v["passed"] for k, v in manifest["parity"].items() if k != "tolerance")
+    assert manifest["parity"]["decode"]["max_abs_error"] < 1e-4
+    assert set(manifest["flavours"]) == {"decode", "prefill"}
+    for rel, digest in manifest["files"].items():
+        assert sha256(artifact / rel) == digest
+    assert {"model.onnx", "prefill/model.onnx", "config.json", "tokenizer.json"} <= manifest["files"].keys()
+
+
+def test_optimum_generates_the_same_greedy_text_as_torch(artifact, pruned_dir):
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    loaded = load_model(str(pruned_dir))
+    ort_model = ORTModelForCausalLM.from_pretrained(artifact)
+    loaded.tokenizer.pad_token, loaded.tokenizer.padding_side = loaded.tokenizer.eos_token, "left"
+    inputs = loaded.tokenizer(["The history of Rome", "In 1907 the river"], return_tensors="pt", padding=True)
+    kwargs = dict(max_new_tokens=24, do_sample=False, pad_token_id=loaded.tokenizer.eos_token_id)
+    assert torch.equal(ort_model.generate(**inputs, **kwargs), loaded.model.generate(**inputs, **kwargs))
+
+
+def test_failed_parity_writes_nothing(pruned_dir, tmp_path):
+    out = tmp_path / "art"
+    with pytest.raises(SparseDeployError, match="parity failed"):
+        export_artifact(str(pruned_dir), out, tolerance=Tolerance(atol=-1.0), parity_windows=1, parity_seq_len=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, flavours", [("tiny-phi3", {"decode", "prefill"}), ("tiny-opt", {"decode", "prefill"}),
+                                            ("tiny-vit", {"encoder"}), ("minilm-l6", {"encoder"})])
+def test_other_architectures_export_with_parity(tmp_path, name, flavours):
+    manifest = export_artifact(name, tmp_path / name, parity_windows=1, parity_seq_len=32)
+    assert set(manifest["flavours"]) == flavours
+    assert all(v["passed"] for k, v in manifest["parity"].items() if k != "tolerance")
+
+
+@needs_deepsparse
+def test_deepsparse_runs_both_flavours_natively_with_ort_outputs(artifact, pruned_dir):
+    geometry = KVGeometry.of(load_model(str(pruned_dir)).model)
+    cases = {
+        "model.onnx": {k: v.numpy() for k, v in decode_inputs(geometry, seq=1, past=12).items()},
+        "prefill/model.onnx": {"input_ids": np.arange(3, 35, dtype=np.int64).reshape(1, 32)},
+    }
+    for rel, feeds in cases.items():
+        result = deepsparse_runner.run_deepsparse(artifact / rel, feeds, want_outputs=True, repetitions=2)
+        expected = run(session(artifact / rel), feeds)
+        for got, want in zip(result.outputs, expected):
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+        assert result.fraction_of_supported_ops > 0.85, result.fraction_of_supported_ops
+        assert len(result.times_s) == 2
+
+
+@needs_deepsparse
+def test_a_deepsparse_compiler_abort_is_a_clear_error(tmp_path):
+    """optimum's own LLaMA export makes DeepSparse 1.8.0 abort (graph.cpp:925)."""
+    from optimum.exporters.onnx import main_export
+
+    from pipeline.models import resolve_model_dir
+
+    main_export(resolve_model_dir("tiny-llama"), output=tmp_path, task="text-generation-with-past",
+                do_validation=False)
+    geometry = KVGeometry.of(load_model("tiny-llama").model)
+    feeds = {k: v.numpy() for k, v in decode_inputs(geometry, seq=1, past=8).items()}
+    with pytest.raises(SparseDeployError, match="DeepSparse failed .*graph.cpp"):
+        deepsparse_runner.run_deepsparse(tmp_path / "model.onnx", feeds)
