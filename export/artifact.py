@@ -132,7 +132,7 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
             flavours[flavour] = {"file": rel, **written["io"], "note": _FLAVOUR_NOTES[flavour],
                                  "runtimes": ["onnxruntime", "deepsparse"]}
             weights = weights or written["weights"]  # every flavour holds the same weights
-        if "prefill" in flavours:
+        if "prefill" in flavours and loaded.tokenizer is not None:  # proxies ship no tokenizer
             log.info("perplexity parity on %d x %d tokens", parity_windows, parity_seq_len)
             parity["perplexity"] = perplexity_parity(loaded.model, loaded.tokenizer, tmp / flavours["prefill"]["file"],
                                                      tolerance, windows=parity_windows, seq_len=parity_seq_len)

@@ -23,7 +23,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import onnx
 import torch
@@ -118,7 +118,10 @@ class KVGeometry:
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> "KVGeometry":
-        c = model.config
+        return cls.from_config(model.config)
+
+    @classmethod
+    def from_config(cls, c: Any) -> "KVGeometry":
         heads = c.num_attention_heads
         return cls(c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or heads,
                    getattr(c, "head_dim", None) or c.hidden_size // heads)
@@ -160,8 +163,9 @@ def export_graph(model: PreTrainedModel, flavour: str, path: Path) -> dict:
             feeds = decode_inputs(geometry, seq=3, past=5, batch=2)  # sizes of 1 would be specialized
             module = CausalLMDecode(model).eval()
             outputs = ["logits", *geometry.names("present")]
-            dynamic = ({0: "batch", 1: "sequence"}, {0: "batch", 1: "total_sequence"}, {0: "batch", 1: "sequence"},
-                       tuple({0: "batch", 2: "past_sequence"} for _ in range(2 * geometry.layers)))
+            dynamic = ({0: "batch", 1: "sequence"}, {0: "batch", 1: "total_sequence"}, {0: "batch", 1: "sequence"})
+            if geometry.layers:  # forward's *past, as one group
+                dynamic += (tuple({0: "batch", 2: "past_sequence"} for _ in range(2 * geometry.layers)),)
             args = tuple(feeds.values())  # dynamic_shapes groups the past tensors as forward's *past
         elif flavour == "prefill":
             feeds = {"input_ids": torch.randint(3, 1000, (2, 8))}

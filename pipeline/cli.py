@@ -70,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--parity-windows", type=int, default=4, help="held-out windows for perplexity parity")
     x.add_argument("--parity-seq-len", type=int, default=256)
 
+    b = sub.add_parser("bench", help="CPU latency of artifacts in DeepSparse and ONNX Runtime")
+    b.add_argument("artifacts", nargs="+", type=Path)
+    b.add_argument("--runtime", default="deepsparse,onnxruntime", help="comma-separated (default: both)")
+    b.add_argument("--seq-len", type=int, default=128, help="prefill tokens (default: 128)")
+    b.add_argument("--past", type=int, default=127, help="cached tokens before the decoded one (default: 127)")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--threads", type=int, help="cores per runtime (default: all)")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--repetitions", type=int, default=20)
+    b.add_argument("--out", type=Path, default=Path("out/bench"), help="report directory")
+    b.add_argument("--allow-slower", action="store_true",
+                   help="do not fail when a sparse artifact is not faster than dense in DeepSparse")
+
     sub.add_parser("models", help="list the named offline models")
     return parser
 
@@ -124,6 +137,16 @@ def _cmd_export(args: argparse.Namespace) -> None:
              f"; perplexity torch {ppl['torch']:.3f} vs onnx {ppl['onnx']:.3f}" if ppl else "")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from benchmarks.latency import BenchSettings, bench
+
+    settings = BenchSettings(seq_len=args.seq_len, past=args.past, batch=args.batch, threads=args.threads,
+                             warmup=args.warmup, repetitions=args.repetitions,
+                             runtimes=tuple(r.strip() for r in args.runtime.split(",") if r.strip()))
+    bench(args.artifacts, settings, args.out, allow_slower=args.allow_slower)
+    log.info("report: %s", args.out / "latency.md")
+
+
 def _cmd_models(_args: argparse.Namespace) -> None:
     from pipeline.models import NAMED_MODELS
 
@@ -131,14 +154,14 @@ def _cmd_models(_args: argparse.Namespace) -> None:
         print(f"{model.name:14s} {model.description}")
 
 
-_COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "export": _cmd_export, "demo": _cmd_demo,
-             "models": _cmd_models}
+_COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "export": _cmd_export, "bench": _cmd_bench,
+             "demo": _cmd_demo, "models": _cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    for noisy in ("transformers", "urllib3", "huggingface_hub"):
+    for noisy in ("transformers", "urllib3", "huggingface_hub", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         _COMMANDS[args.command](args)

@@ -38,5 +38,5 @@ def run_demo(out: Path, overwrite: bool, eval_source: str = "wiki", eval_windows
     print(f"\npruned model: {out}   record: {out / RECORD_FILE}")
     print(f"{DEFAULT_MODEL}, OWL+Wanda, blocks' Linear sparsity {achieved:.1%}, pruned in {result.timings_s['total_s']:.0f} s")
     print(f"perplexity ({p.source}, {p.windows} x {p.seq_len} tokens): dense {dense.perplexity:.2f} -> pruned {pruned.perplexity:.2f}")
-    print("latency: ONNX export and DeepSparse/ONNX Runtime benchmarks are not built yet (see the README's status)")
+    print(f"next: sparse-deploy export --model {out} --out {out}-onnx && sparse-deploy bench {out}-onnx")
     return json.loads(json.dumps(record["evaluation"]))

@@ -163,6 +163,14 @@ class LoadedModel:
     path: str  # what from_pretrained read
 
 
+def _tokenizer_if_any(path: str) -> Any | None:
+    """The model's tokenizer; None for a local directory that ships none (geometry proxies)."""
+    local = Path(path)
+    if local.is_dir() and not any(local.glob("tokenizer*")):
+        return None
+    return AutoTokenizer.from_pretrained(path)
+
+
 def load_model(name_or_path: str) -> LoadedModel:
     """Load a named model, a local HF directory or a Hub id in float32, eval mode."""
     path = resolve_model_dir(name_or_path)
@@ -176,5 +184,5 @@ def load_model(name_or_path: str) -> LoadedModel:
         ) from None
     spec = spec_for_type(config.model_type)
     model = _auto_class(spec).from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = None if spec.kind is ModelKind.VISION else AutoTokenizer.from_pretrained(path)
+    tokenizer = None if spec.kind is ModelKind.VISION else _tokenizer_if_any(path)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=name_or_path, path=path)

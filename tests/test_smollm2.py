@@ -70,3 +70,23 @@ def test_cli_prunes_the_real_model_end_to_end(tmp_path, dense_ppl):
     ppl = perplexity(pruned.model, pruned.tokenizer, **EVAL).perplexity
     assert dense_ppl < ppl < 10 * dense_ppl, (dense_ppl, ppl)
     assert torch.isfinite(torch.tensor(ppl))
+
+
+def test_pruned_smollm2_artifact_generates_like_torch(tmp_path):
+    """Parity on the real model, and a real client: optimum's generate() from the artifact."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    from export.artifact import export_artifact
+
+    pruned_dir = tmp_path / "pruned"
+    assert main(["prune", "--model", "smollm2-135m", "--method", "wanda", "--pattern", "2:4",
+                 "--calib-samples", "8", "--calib-seq-len", "128", "--out", str(pruned_dir)]) == 0
+    manifest = export_artifact(str(pruned_dir), tmp_path / "art", parity_windows=2, parity_seq_len=128)
+    assert manifest["parity"]["perplexity"]["passed"] and manifest["parity"]["decode"]["passed"]
+    blocks = {k: v for k, v in manifest["weights"].items() if k.startswith("layers.")}
+    assert len(blocks) == 30 * 7 and all(v["pattern"] == "2:4" for v in blocks.values())
+    loaded = load_model(str(pruned_dir))
+    prompt = loaded.tokenizer("The river flows through the old town and", return_tensors="pt")
+    kwargs = dict(max_new_tokens=32, do_sample=False)
+    ort_model = ORTModelForCausalLM.from_pretrained(tmp_path / "art")
+    assert torch.equal(ort_model.generate(**prompt, **kwargs), loaded.model.generate(**prompt, **kwargs))

@@ -1,0 +1,248 @@
+"""``sparse-deploy bench``: CPU latency of artifacts in DeepSparse and ONNX Runtime.
+
+For each artifact and runtime, in one run: prefill latency (the ``prefill`` graph on a
+``seq_len``-token input), decode latency per token (the ``decode`` graph: one new token
+after ``past`` cached ones), and the throughputs they imply. Each figure is the median of
+``repetitions`` timed runs after ``warmup`` untimed ones, with the 10th/90th percentiles.
+Writes ``latency.json``, ``latency.md`` and ``latency.png`` under the report directory.
+
+DeepSparse runs in its child process; ONNX Runtime runs here with thread spinning off.
+When an artifact with sparse weights is not faster than its dense twin in DeepSparse
+(decode), the run fails loudly: such a graph is probably not on DeepSparse's sparse kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from transformers import AutoConfig
+
+from export.artifact import MANIFEST
+from export.graphs import KVGeometry, decode_inputs
+from pipeline.environment import describe
+from pipeline.errors import SparseDeployError
+from runtime import deepsparse_runner
+from runtime.onnxruntime_runner import session, time_runs
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("deepsparse", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    seq_len: int = 128
+    past: int = 127
+    batch: int = 1
+    threads: int | None = None  # None: all cores
+    warmup: int = 3
+    repetitions: int = 20
+    runtimes: tuple[str, ...] = RUNTIMES
+
+    def __post_init__(self) -> None:
+        unknown = set(self.runtimes) - set(RUNTIMES)
+        if unknown:
+            raise SparseDeployError(f"unknown runtime(s) {', '.join(sorted(unknown))}; choose from {', '.join(RUNTIMES)}")
+        if min(self.seq_len, self.batch, self.repetitions) < 1 or self.past < 0 or self.warmup < 0:
+            raise SparseDeployError("seq_len, batch and repetitions must be >= 1; past and warmup >= 0")
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    ms = np.array(times) * 1000
+    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+            "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
+            "stdev_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, "n": len(ms)}
+
+
+def _manifest(artifact: Path) -> dict[str, Any]:
+    path = artifact / MANIFEST
+    if not path.is_file():
+        raise SparseDeployError(f"'{artifact}' is not an artifact (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def block_sparsity(manifest: dict[str, Any]) -> float | None:
+    """Share of zeros in the decoder blocks' weights, from the manifest's weight list; None
+    for a graph without blocks (a proxy's head-only artifact)."""
+    blocks = [w for name, w in manifest["weights"].items() if "layers." in name or "layer." in name]
+    total = sum(int(np.prod(w["shape"])) for w in blocks)
+    return 1 - sum(w["nonzeros"] for w in blocks) / total if total else None
+
+
+def _feeds(artifact: Path, flavour: str, graph: Path, s: BenchSettings) -> dict[str, np.ndarray]:
+    if flavour == "decode":
+        geometry = KVGeometry.from_config(AutoConfig.from_pretrained(artifact))
+        return {k: v.numpy() for k, v in decode_inputs(geometry, seq=1, past=s.past, batch=s.batch).items()}
+    if flavour == "prefill":
+        return {"input_ids": np.random.default_rng(0).integers(3, 1000, (s.batch, s.seq_len), dtype=np.int64)}
+    first = onnx.load(str(graph), load_external_data=False).graph.input[0]
+    if first.name == "pixel_values":
+        dims = [d.dim_value for d in first.type.tensor_type.shape.dim]
+        return {"pixel_values": np.random.default_rng(0).standard_normal((s.batch, *dims[1:])).astype(np.float32)}
+    return {first.name: np.random.default_rng(0).integers(3, 1000, (s.batch, s.seq_len), dtype=np.int64)}
+
+
+def _time(runtime: str, graph: Path, feeds: dict[str, np.ndarray], s: BenchSettings) -> dict[str, Any]:
+    if runtime == "onnxruntime":
+        times = time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions)
+        return summarize(times)
+    result = deepsparse_runner.run_deepsparse(graph, feeds, num_cores=s.threads, warmup=s.warmup,
+                                              repetitions=s.repetitions)
+    return {**summarize(result.times_s), "compile_s": result.compile_s,
+            "fraction_of_supported_ops": result.fraction_of_supported_ops, "deepsparse": result.versions}
+
+
+@dataclass
+class BenchRow:
+    artifact: str
+    label: str
+    sparsity: float | None
+    flavour: str
+    runtime: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = None) -> list[BenchRow]:
+    rows = []
+    for i, artifact in enumerate(artifacts):
+        manifest = _manifest(artifact)
+        label = labels[i] if labels else artifact.name
+        for flavour, info in manifest["flavours"].items():
+            graph = artifact / info["file"]
+            feeds = _feeds(artifact, flavour, graph, s)
+            for runtime in s.runtimes:
+                log.info("%s / %s / %s", label, flavour, runtime)
+                row = BenchRow(str(artifact), label, block_sparsity(manifest), flavour, runtime)
+                try:
+                    row.stats = _time(runtime, graph, feeds, s)
+                except SparseDeployError as exc:
+                    row.error = str(exc)
+                    log.error("%s", exc)
+                rows.append(row)
+    return rows
+
+
+def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    """Each sparse artifact against the densest one, per flavour and runtime (artifacts
+    without decoder blocks take no part)."""
+    out = []
+    for flavour in sorted({r.flavour for r in rows}):
+        for runtime in sorted({r.runtime for r in rows}):
+            group = [r for r in rows if r.flavour == flavour and r.runtime == runtime and not r.error
+                     and r.sparsity is not None]
+            if len(group) < 2:
+                continue
+            dense = min(group, key=lambda r: r.sparsity)
+            for r in group:
+                if r is not dense:
+                    out.append({"flavour": flavour, "runtime": runtime, "artifact": r.label, "baseline": dense.label,
+                                "sparsity": r.sparsity, "speedup": dense.stats["median_ms"] / r.stats["median_ms"]})
+    return out
+
+
+def sparse_not_faster(table: list[dict[str, Any]], min_sparsity: float = 0.3) -> list[dict[str, Any]]:
+    return [t for t in table if t["runtime"] == "deepsparse" and t["flavour"] in ("decode", "encoder")
+            and t["sparsity"] >= min_sparsity and t["speedup"] <= 1.0]
+
+
+def write_report(rows: list[BenchRow], s: BenchSettings, out: Path, title: str = "Latency",
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    table = speedups(rows)
+    report = {"title": title, "measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(),
+              "settings": s.__dict__, "rows": [r.__dict__ for r in rows], "speedups": table,
+              "sparse_not_faster_in_deepsparse": sparse_not_faster(table), **(extra or {})}
+    (out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "latency.md").write_text(_markdown(report))
+    _plot(rows, out / "latency.png", title)
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    env, s = report["environment"], report["settings"]
+    ds = next((r["stats"].get("deepsparse", {}).get("deepsparse") for r in report["rows"]
+               if r["runtime"] == "deepsparse" and r["stats"]), "n/a")
+    lines = [f"# {report['title']}", "",
+             f"Measured {report['measured']} on {env['cpu']}, {env['cores']} cores; onnxruntime "
+             f"{env['packages']['onnxruntime']}, deepsparse {ds}, torch {env['packages']['torch']}.", "",
+             f"Protocol: batch {s['batch']}; prefill = {s['seq_len']} tokens, no cache; decode = 1 token after "
+             f"{s['past']} cached; threads {s['threads'] or 'all'}; {s['warmup']} warm-up + {s['repetitions']} timed "
+             "runs per cell, median with 10th-90th percentiles; all cells in one run, one after another.", "",
+             "| artifact | block sparsity | graph | runtime | median ms | p10-p90 ms | tokens/s | DeepSparse native ops |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        if r["error"]:
+            lines.append(f"| {r['label']} | {_fmt(r['sparsity'])} | {r['flavour']} | {r['runtime']} | failed: "
+                         f"{r['error'][:120]} | | | |")
+            continue
+        st = r["stats"]
+        tokens = s["batch"] * (s["seq_len"] if r["flavour"] == "prefill" else 1)
+        frac = st.get("fraction_of_supported_ops")
+        lines.append(f"| {r['label']} | {_fmt(r['sparsity'])} | {r['flavour']} | {r['runtime']} | {st['median_ms']:.2f} | "
+                     f"{st['p10_ms']:.2f}-{st['p90_ms']:.2f} | {tokens / st['median_ms'] * 1000:.1f} | "
+                     f"{'-' if frac is None else f'{frac:.1%}'} |")
+    lines += ["", "## Speedup over the densest artifact (median / median)", "",
+              "| graph | runtime | artifact | block sparsity | speedup |", "|---|---|---|---|---|"]
+    lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['speedup']:.2f}x |"
+              for t in report["speedups"]]
+    bad = report["sparse_not_faster_in_deepsparse"]
+    if bad:
+        lines += ["", "**Sparse artifacts not faster than dense in DeepSparse:** " +
+                  ", ".join(f"{t['artifact']} ({t['flavour']}, {t['speedup']:.2f}x)" for t in bad)]
+    for section in report.get("sections", []):
+        lines += ["", section]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(sparsity: float | None) -> str:
+    return "no blocks" if sparsity is None else f"{sparsity:.2f}"
+
+
+def _plot(rows: list[BenchRow], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    flavours = sorted({r.flavour for r in rows})
+    fig, axes = plt.subplots(1, len(flavours), figsize=(5 * len(flavours), 4), squeeze=False)
+    for ax, flavour in zip(axes[0], flavours):
+        for runtime in sorted({r.runtime for r in rows}):
+            pts = sorted(((r.sparsity, r.stats) for r in rows if r.flavour == flavour and r.runtime == runtime
+                          and not r.error and r.sparsity is not None), key=lambda p: p[0])
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            med = [p[1]["median_ms"] for p in pts]
+            err = [[m - p[1]["p10_ms"] for m, p in zip(med, pts)], [p[1]["p90_ms"] - m for m, p in zip(med, pts)]]
+            ax.errorbar(x, med, yerr=err, marker="o", capsize=3, label=runtime)
+        ax.set_title(f"{flavour}")
+        ax.set_xlabel("decoder-block weight sparsity")
+        ax.set_ylabel("latency (ms, median, p10-p90)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench(artifacts: list[Path], s: BenchSettings, out: Path, allow_slower: bool = False) -> dict[str, Any]:
+    """Measure, write the report, and fail when sparsity did not pay off in DeepSparse."""
+    if "deepsparse" in s.runtimes and not deepsparse_runner.available():
+        raise SparseDeployError("DeepSparse venv missing (run `make install`) or pass --runtime onnxruntime")
+    rows = measure(artifacts, s)
+    report = write_report(rows, s, out)
+    bad = report["sparse_not_faster_in_deepsparse"]
+    if bad and not allow_slower:
+        names = ", ".join(f"{t['artifact']} ({t['flavour']} {t['speedup']:.2f}x)" for t in bad)
+        raise SparseDeployError(f"sparse artifact(s) not faster than dense in DeepSparse: {names}; report in {out}")
+    return report

@@ -1,0 +1,75 @@
+"""The latency benchmark's bookkeeping (deterministic) and one real run on tiny artifacts."""
+
+import json
+
+import pytest
+
+from benchmarks.latency import BenchRow, BenchSettings, block_sparsity, sparse_not_faster, speedups, summarize
+from benchmarks.proxies import decomposition
+from export.artifact import export_artifact
+from pipeline.cli import main
+from pipeline.errors import SparseDeployError
+
+
+def _row(label, sparsity, ms, flavour="decode", runtime="deepsparse"):
+    return BenchRow("x", label, sparsity, flavour, runtime, stats={"median_ms": ms})
+
+
+def test_summary_statistics():
+    s = summarize([0.001, 0.002, 0.003, 0.004, 0.100])
+    assert s["median_ms"] == pytest.approx(3.0) and s["n"] == 5
+    assert s["p10_ms"] < s["median_ms"] < s["p90_ms"]
+
+
+def test_speedups_are_against_the_densest_and_slow_sparse_is_flagged():
+    rows = [_row("head-only", None, 1.0), _row("dense", 0.0, 10.0), _row("s50", 0.5, 8.0), _row("s70", 0.7, 12.0),
+            _row("dense", 0.0, 10.0, runtime="onnxruntime"), _row("s70", 0.7, 11.0, runtime="onnxruntime")]
+    table = {(t["runtime"], t["artifact"]): t["speedup"] for t in speedups(rows)}
+    assert table[("deepsparse", "s50")] == pytest.approx(1.25)
+    assert ("deepsparse", "head-only") not in table and ("deepsparse", "dense") not in table
+    assert table[("deepsparse", "s70")] == pytest.approx(10 / 12)
+    flagged = sparse_not_faster(speedups(rows))
+    assert [(t["artifact"], t["runtime"]) for t in flagged] == [("s70", "deepsparse")]  # ORT is not judged
+
+
+def test_decomposition_separates_head_and_blocks():
+    rows = [_row("dense", 0.0, 21.0), _row("pruned", 0.7, 11.0), _row("head-only", 0.0, 1.0)]
+    (t,), _text = decomposition(rows, blocks=2, depth=32)
+    assert t["block_ms"] == {"dense": 10.0, "pruned": 5.0}
+    assert t["blocks_speedup"] == pytest.approx(2.0)
+    assert t["extrapolated_speedup"] == pytest.approx((1 + 320) / (1 + 160))
+
+
+def test_block_sparsity_reads_the_manifest():
+    manifest = {"weights": {"embed_tokens.weight": {"shape": [10, 4], "nonzeros": 40},
+                            "layers.0.mlp.up_proj.weight.T": {"shape": [4, 8], "nonzeros": 8},
+                            "layers.1.mlp.up_proj.weight.T": {"shape": [4, 8], "nonzeros": 24}}}
+    assert block_sparsity(manifest) == pytest.approx(0.5)
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(SparseDeployError, match="unknown runtime"):
+        BenchSettings(runtimes=("tensorrt",))
+    with pytest.raises(SparseDeployError):
+        BenchSettings(repetitions=0)
+
+
+def test_bench_writes_json_markdown_and_plot(tmp_path):
+    art = tmp_path / "dense"
+    export_artifact("tiny-llama", art, parity_windows=1, parity_seq_len=32)
+    out = tmp_path / "report"
+    assert main(["bench", str(art), "--out", str(out), "--repetitions", "3", "--warmup", "1", "--seq-len", "16",
+                 "--past", "8", "--allow-slower"]) == 0
+    report = json.loads((out / "latency.json").read_text())
+    cells = {(r["flavour"], r["runtime"]) for r in report["rows"] if not r["error"]}
+    expected = {(f, r) for f in ("decode", "prefill") for r in ("onnxruntime", "deepsparse")}
+    assert cells == expected
+    assert all(r["stats"]["n"] == 3 for r in report["rows"])
+    assert report["environment"]["cores"] >= 1
+    assert (out / "latency.png").stat().st_size > 10_000
+    assert "| dense | 0.00 | decode | deepsparse |" in (out / "latency.md").read_text()
+
+
+def test_bench_on_a_non_artifact_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "is not an artifact" in capsys.readouterr().err
