@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +32,20 @@ class PerplexityResult:
 
 
 @torch.no_grad()
-def window_nll(model: PreTrainedModel, windows: torch.Tensor, batch_size: int = 4) -> tuple[float, int]:
-    """Summed next-token NLL over ``windows`` and the number of tokens scored."""
-    model.eval()
+def window_nll(model: PreTrainedModel | Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor,
+               batch_size: int = 4) -> tuple[float, int]:
+    """Summed next-token NLL over ``windows`` and the number of tokens scored. ``model`` is
+    a causal LM or any function from token ids to logits (an ONNX session, for parity)."""
+    if isinstance(model, PreTrainedModel):
+        model.eval()
+        lm = model
+        model = lambda ids: lm(input_ids=ids, use_cache=False).logits  # noqa: E731
     total, count = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc="perplexity", unit="batch", disable=None):
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        logits = model(batch)[:, :-1].float()
         targets = batch[:, 1:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        total += float(nll.double().sum())  # float64: a float32 sum loses the digits parity compares
         count += targets.numel()
     return total, count
 
