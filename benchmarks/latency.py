@@ -70,9 +70,11 @@ def _manifest(artifact: Path) -> dict[str, Any]:
 
 def block_sparsity(manifest: dict[str, Any]) -> float | None:
     """Share of zeros in the decoder blocks' weights, from the manifest's weight list; None
-    for a graph without blocks (a proxy's head-only artifact)."""
+    for a graph without blocks (a proxy's head-only artifact). Low-rank factors count as
+    stored non-zeros against the dense weight they help replace (the sparse term has its
+    full shape), so for OATS this is the compression rate."""
     blocks = [w for name, w in manifest["weights"].items() if "layers." in name or "layer." in name]
-    total = sum(int(np.prod(w["shape"])) for w in blocks)
+    total = sum(int(np.prod(w["shape"])) for w in blocks if w.get("pattern") != "low-rank")
     return 1 - sum(w["nonzeros"] for w in blocks) / total if total else None
 
 

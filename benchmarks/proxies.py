@@ -13,15 +13,20 @@ besides the measured end-to-end figure we report, each labelled as what it is:
   artifact is the same model with zero blocks (embedding, final norm, lm_head);
 * end-to-end extrapolated to the real depth: ``T(head-only) + depth * T(block)``.
 
-    python -m benchmarks.proxies --proxy llama7b [--blocks 2] [--method wanda --sparsity 0.7 --owl]
+    python -m benchmarks.proxies --proxy llama7b [--blocks 2] [--variant pruned=wanda:0.7:owl]
+    python -m benchmarks.proxies --proxy phi3-mini --variant wanda-50=wanda:0.5 \\
+        --variant oats-50=oats:0.5:iterations=20 --baseline wanda-50 --out benchmarks/results/latency_oats_phi3
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -30,6 +35,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, Pretrain
 from benchmarks.latency import BenchRow, BenchSettings, measure, write_report
 from export.artifact import export_artifact
 from pipeline.atomic import atomic_directory
+from pipeline.errors import SparseDeployError
 from pipeline.data import calibration_samples, token_batches
 from pipeline.models import DEFAULT_MODEL, cache_dir, load_model
 from pipeline.owl import OWLConfig
@@ -71,15 +77,47 @@ def proxy_batches(vocab: int, samples: int, seq_len: int) -> list[dict[str, Any]
     return token_batches(ids, batch_size=4)
 
 
-def prune_proxy(source: Path, method: str, sparsity: float, owl: bool, samples: int, seq_len: int) -> Path:
-    tag = f"{method}{'-owl' if owl else ''}-{int(sparsity * 100)}"
-    out = source.parent / f"{source.name}-{tag}"
+@dataclass(frozen=True)
+class Variant:
+    """A pruned twin of the proxy: ``LABEL=METHOD:SPARSITY[:owl][:KEY=VALUE...]`` on the
+    command line, e.g. ``oats-50=oats:0.5:iterations=20``."""
+
+    label: str
+    method: str
+    sparsity: float
+    owl: bool = False
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "Variant":
+        label, sep, spec = text.partition("=")
+        parts = spec.split(":")
+        if not sep or len(parts) < 2:
+            raise SparseDeployError(f"bad variant '{text}': expected LABEL=METHOD:SPARSITY[:owl][:KEY=VALUE...]")
+        params = []
+        for part in parts[2:]:
+            if part != "owl":
+                key, _, value = part.partition("=")
+                params.append((key, json.loads(value)))
+        return cls(label, parts[0], float(parts[1]), "owl" in parts[2:], tuple(params))
+
+    def describe(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.params)
+        return f"{'OWL+' if self.owl else ''}{self.method} {self.sparsity:.0%}{extra}"
+
+    def directory_tag(self) -> str:
+        digest = hashlib.sha1(repr((self.method, self.sparsity, self.owl, self.params)).encode()).hexdigest()[:8]
+        return f"{self.method}{'-owl' if self.owl else ''}-{int(self.sparsity * 100)}-{digest}"
+
+
+def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> Path:
+    out = source.parent / f"{source.name}-{variant.directory_tag()}"
     if not (out / "config.json").is_file():
         loaded = load_model(str(source))
         batches = proxy_batches(loaded.model.config.vocab_size, samples, seq_len)
         calibration = CalibrationConfig(samples=samples, seq_len=seq_len)
-        result = prune_model(loaded, build_pruner(method), sparsity, calibration,
-                             owl=OWLConfig() if owl else None, batches=batches)
+        result = prune_model(loaded, build_pruner(variant.method, **dict(variant.params)), variant.sparsity,
+                             calibration, owl=OWLConfig() if variant.owl else None, batches=batches)
         record = build_record(loaded, result)
         record["recipe"]["calibration"]["note"] = "smollm2 token ids folded into the proxy vocabulary"
         save_pruned(loaded, record, out, overwrite=True)
@@ -93,34 +131,53 @@ def artifact_for(model_dir: Path) -> Path:
     return out
 
 
-def decomposition(rows: list[BenchRow], blocks: int, depth: int) -> tuple[list[dict[str, Any]], str]:
-    """Per-block time and depth-extrapolated end-to-end speedups, from the head-only row."""
+def decomposition(rows: list[BenchRow], blocks: int, depth: int,
+                  baseline: str = "dense") -> tuple[list[dict[str, Any]], str]:
+    """Per-block time and depth-extrapolated end-to-end speedups of every pruned variant, from
+    the head-only row; against dense, and against ``baseline`` when that is another variant."""
     table = []
     for flavour in sorted({r.flavour for r in rows}):
         for runtime in sorted({r.runtime for r in rows}):
             cell = {r.label: r.stats["median_ms"] for r in rows
                     if r.flavour == flavour and r.runtime == runtime and not r.error}
-            if not {"dense", "pruned", "head-only"} <= cell.keys():
+            if not {"dense", "head-only", baseline} <= cell.keys():
                 continue
-            head = cell["head-only"]
-            block = {k: (cell[k] - head) / blocks for k in ("dense", "pruned")}
-            e2e = {k: head + depth * block[k] for k in ("dense", "pruned")}
-            table.append({"flavour": flavour, "runtime": runtime, "head_ms": head,
-                          "block_ms": block, "measured_speedup": cell["dense"] / cell["pruned"],
-                          "blocks_speedup": block["dense"] / block["pruned"] if block["pruned"] > 0 else None,
-                          f"extrapolated_{depth}_blocks_ms": e2e,
-                          "extrapolated_speedup": e2e["dense"] / e2e["pruned"]})
+            head = cell.pop("head-only")
+            block = {k: (v - head) / blocks for k, v in cell.items()}
+            e2e = {k: head + depth * b for k, b in block.items()}
+            for label in cell:
+                if label == "dense":
+                    continue
+                entry = {"flavour": flavour, "runtime": runtime, "variant": label, "head_ms": head,
+                         "block_ms": {"dense": block["dense"], label: block[label]},
+                         "measured_speedup": cell["dense"] / cell[label],
+                         "blocks_speedup": block["dense"] / block[label] if block[label] > 0 else None,
+                         f"extrapolated_{depth}_blocks_ms": {"dense": e2e["dense"], label: e2e[label]},
+                         "extrapolated_speedup": e2e["dense"] / e2e[label]}
+                if baseline != "dense" and label != baseline:
+                    entry["vs_baseline"] = {"baseline": baseline,
+                                            "blocks_speedup": block[baseline] / block[label] if block[label] > 0
+                                            else None,
+                                            "measured_speedup": cell[baseline] / cell[label],
+                                            "extrapolated_speedup": e2e[baseline] / e2e[label]}
+                table.append(entry)
+    against = "" if baseline == "dense" else f" | decoder blocks vs {baseline} | extrapolated vs {baseline}"
     lines = ["## Decomposition", "",
              f"Head-only = the same model with 0 blocks (embedding, final norm, lm_head). Block time = (proxy - "
              f"head-only) / {blocks}. Extrapolated = head-only + {depth} x block time: an estimate for the real "
              "depth, not a measurement.", "",
-             f"| graph | runtime | head-only ms | block ms dense -> pruned | decoder blocks speedup | measured "
-             f"{blocks}-block speedup | extrapolated {depth}-block speedup |", "|---|---|---|---|---|---|---|"]
+             f"| graph | runtime | variant | head-only ms | block ms dense -> variant | decoder blocks speedup | "
+             f"measured {blocks}-block speedup | extrapolated {depth}-block speedup{against} |",
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if against else "")]
     for t in table:
-        b = t["block_ms"]
-        bs = "n/a" if t["blocks_speedup"] is None else f"{t['blocks_speedup']:.2f}x"
-        lines.append(f"| {t['flavour']} | {t['runtime']} | {t['head_ms']:.2f} | {b['dense']:.2f} -> {b['pruned']:.2f} | "
-                     f"{bs} | {t['measured_speedup']:.2f}x | {t['extrapolated_speedup']:.2f}x |")
+        b = list(t["block_ms"].values())
+        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
+        line = (f"| {t['flavour']} | {t['runtime']} | {t['variant']} | {t['head_ms']:.2f} | {b[0]:.2f} -> {b[1]:.2f} | "
+                f"{fmt(t['blocks_speedup'])} | {t['measured_speedup']:.2f}x | {t['extrapolated_speedup']:.2f}x |")
+        if against:
+            vs = t.get("vs_baseline")
+            line += f" {fmt(vs['blocks_speedup'])} | {fmt(vs['extrapolated_speedup'])} |" if vs else " - | - |"
+        lines.append(line)
     return table, "\n".join(lines)
 
 
@@ -128,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proxy", choices=sorted(PROXIES), default="llama7b")
     parser.add_argument("--blocks", type=int, default=2)
-    parser.add_argument("--method", default="wanda")
-    parser.add_argument("--sparsity", type=float, default=0.7)
-    parser.add_argument("--no-owl", action="store_true")
+    parser.add_argument("--variant", action="append", type=Variant.parse, metavar="LABEL=METHOD:SPARSITY[:owl][:K=V]",
+                        help="a pruned twin (repeatable; default: pruned=wanda:0.7:owl)")
+    parser.add_argument("--baseline", default="dense", help="variant label the others are also compared with")
     parser.add_argument("--calib-samples", type=int, default=16)
     parser.add_argument("--calib-seq-len", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -144,17 +201,22 @@ def main(argv: list[str] | None = None) -> int:
     depth = PROXIES[args.proxy][1]
     dense_dir = build_proxy(args.proxy, args.blocks)
     head_dir = build_proxy(args.proxy, 0)
-    pruned_dir = prune_proxy(dense_dir, args.method, args.sparsity, not args.no_owl, args.calib_samples,
-                             args.calib_seq_len)
-    artifacts = [artifact_for(d) for d in (dense_dir, pruned_dir, head_dir)]
+    variants = args.variant or [Variant.parse("pruned=wanda:0.7:owl")]
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels) or {"dense", "head-only"} & set(labels):
+        raise SparseDeployError("variant labels must be unique and not 'dense' or 'head-only'")
+    if args.baseline not in {"dense", *labels}:
+        raise SparseDeployError(f"--baseline {args.baseline} is not one of the variants")
+    pruned_dirs = [prune_proxy(dense_dir, v, args.calib_samples, args.calib_seq_len) for v in variants]
+    artifacts = [artifact_for(d) for d in (dense_dir, *pruned_dirs, head_dir)]
     settings = BenchSettings(seq_len=args.seq_len, past=args.past, repetitions=args.repetitions,
                              runtimes=tuple(args.runtime.split(",")))
-    rows = measure(artifacts, settings, labels=["dense", "pruned", "head-only"])
-    table, section = decomposition(rows, args.blocks, depth)
-    recipe = f"{'OWL+' if not args.no_owl else ''}{args.method} {args.sparsity:.0%}"
+    rows = measure(artifacts, settings, labels=["dense", *labels, "head-only"])
+    table, section = decomposition(rows, args.blocks, depth, args.baseline)
+    recipes = "; ".join(f"{v.label}: {v.describe()}" for v in variants)
     out = args.out or RESULTS / f"latency_{args.proxy}_proxy"
     report = write_report(rows, settings, out, title=f"Latency: {args.proxy} geometry proxy ({args.blocks} blocks, "
-                          f"random weights), dense vs {recipe}", extra={"decomposition": table, "sections": [section]})
+                          f"random weights), dense vs {recipes}", extra={"decomposition": table, "sections": [section]})
     log.info("wrote %s", out / "latency.md")
     return 1 if report["sparse_not_faster_in_deepsparse"] else 0
 

@@ -1,10 +1,15 @@
-"""Quality benchmark: held-out perplexity of smollm2-135m pruned by each baseline and OWL.
+"""Quality benchmark: held-out perplexity of smollm2-135m pruned by each method.
 
-Run on demand (``make bench-quality``; ~40 min on 2 cores), not in the test suite. Each
-configuration runs in its own child process so that its peak memory is its own. Writes
-``benchmarks/results/quality_smollm2.{json,md}``.
+Run on demand (``make bench-quality``), not in the test suite. Each configuration runs in
+its own child process so that its peak memory is its own. Two suites, each measured side by
+side in one run:
 
-    python -m benchmarks.quality [--only NAME ...] [--eval-windows 32]
+* ``baselines`` (~40 min on 2 cores): magnitude, Wanda, SparseGPT, OWL ->
+  ``benchmarks/results/quality_smollm2.{json,md}``;
+* ``oats`` (~30 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression ->
+  ``benchmarks/results/quality_oats_smollm2.{json,md}``.
+
+    python -m benchmarks.quality [--suite oats] [--only NAME ...] [--eval-windows 32]
 """
 
 from __future__ import annotations
@@ -22,14 +27,31 @@ from pipeline.environment import describe
 
 RESULTS = Path(__file__).parent / "results"
 
-CONFIGS: list[dict[str, Any]] = [
-    {"name": "dense", "method": None},
-    *({"name": f"{m}-{int(s * 100)}", "method": m, "sparsity": s} for s in (0.5, 0.7)
-      for m in ("magnitude", "wanda", "sparsegpt")),
-    *({"name": f"{m}-2:4", "method": m, "pattern": "2:4"} for m in ("magnitude", "wanda", "sparsegpt")),
-    {"name": "owl-wanda-70", "method": "wanda", "sparsity": 0.7, "owl": True},
-    {"name": "owl-sparsegpt-70", "method": "sparsegpt", "sparsity": 0.7, "owl": True},
-]
+OATS_PARAMS = {"rank_ratio": 0.25, "iterations": 80}  # the paper's configs: kappa 0.25-0.3, 80 iterations
+
+
+def _oats_suite() -> list[dict[str, Any]]:
+    configs: list[dict[str, Any]] = [{"name": "dense", "method": None}]
+    for s in (0.5, 0.6):
+        pct = int(s * 100)
+        configs += [{"name": f"{m}-{pct}", "method": m, "sparsity": s} for m in ("wanda", "sparsegpt")]
+        configs += [{"name": f"oats-{pct}", "method": "oats", "sparsity": s, "params": OATS_PARAMS},
+                    {"name": f"owl-oats-{pct}", "method": "oats", "sparsity": s, "params": OATS_PARAMS, "owl": True}]
+    return configs
+
+
+SUITES: dict[str, list[dict[str, Any]]] = {
+    "baselines": [
+        {"name": "dense", "method": None},
+        *({"name": f"{m}-{int(s * 100)}", "method": m, "sparsity": s} for s in (0.5, 0.7)
+          for m in ("magnitude", "wanda", "sparsegpt")),
+        *({"name": f"{m}-2:4", "method": m, "pattern": "2:4"} for m in ("magnitude", "wanda", "sparsegpt")),
+        {"name": "owl-wanda-70", "method": "wanda", "sparsity": 0.7, "owl": True},
+        {"name": "owl-sparsegpt-70", "method": "sparsegpt", "sparsity": 0.7, "owl": True},
+    ],
+    "oats": _oats_suite(),
+}
+OUTPUT = {"baselines": "quality_smollm2", "oats": "quality_oats_smollm2"}
 
 
 def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dict[str, Any]:
@@ -45,7 +67,8 @@ def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dic
     loaded = load_model(DEFAULT_MODEL)
     row: dict[str, Any] = {"name": config["name"]}
     if config.get("method"):
-        pruner = build_pruner(config["method"], pattern=config.get("pattern", "unstructured"))
+        pruner = build_pruner(config["method"], pattern=config.get("pattern", "unstructured"),
+                              **config.get("params", {}))
         owl = OWLConfig() if config.get("owl") else None
         result = prune_model(loaded, pruner, config.get("sparsity"), CalibrationConfig(), owl=owl)
         row.update(recipe=result.method, target=result.target_sparsity, timings_s=result.timings_s,
@@ -63,8 +86,11 @@ CLAIMS = [
     ("wanda-50", "magnitude-50", "Wanda below magnitude at 50%"),
     ("owl-wanda-70", "wanda-70", "OWL+Wanda below Wanda at 70% (OWL's central claim)"),
     ("owl-sparsegpt-70", "sparsegpt-70", "OWL+SparseGPT below SparseGPT at 70%"),
+    *((f"oats-{p}", f"{m}-{p}", f"OATS below {name} at {p}% compression (OATS's central claim)")
+      for p in (50, 60) for m, name in (("wanda", "Wanda"), ("sparsegpt", "SparseGPT"))),
+    *((f"owl-oats-{p}", f"oats-{p}", f"OATS+OWL below OATS at {p}%") for p in (50, 60)),
 ]
-TIME_LIMIT_S = ("wanda-70", 300.0)
+TIME_LIMITS_S = {"wanda-70": 300.0, "oats-50": 300.0}
 
 
 def _checks(rows: list[dict[str, Any]]) -> list[str]:
@@ -74,10 +100,10 @@ def _checks(rows: list[dict[str, Any]]) -> list[str]:
         if better in by_name and worse in by_name:
             a, b = by_name[better]["perplexity"], by_name[worse]["perplexity"]
             lines.append(f"- {claim}: {a:.2f} vs {b:.2f}: **{'holds' if a < b else 'does not hold'}**")
-    name, limit = TIME_LIMIT_S
-    if name in by_name:
-        t = by_name[name]["timings_s"]["total_s"]
-        lines.append(f"- {name} prune under {limit:.0f} s: {t:.0f} s: **{'holds' if t < limit else 'does not hold'}**")
+    for name, limit in TIME_LIMITS_S.items():
+        if name in by_name:
+            t = by_name[name]["timings_s"]["total_s"]
+            lines.append(f"- {name} prune under {limit:.0f} s: {t:.0f} s: **{'holds' if t < limit else 'does not hold'}**")
     return lines
 
 
@@ -96,7 +122,10 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str) ->
         f"tokens, seed {calib.get('seed')} (the papers use 128 x 2048 of C4).",
         "- OWL: M = 5, lambda = 0.08, one sparsity per block from the dense model's outlier ratios.",
         "- Sparsity: share of zeros in the decoder blocks' Linear weights, counted from the weights "
-        "(embeddings and the tied head stay dense). Pruning time excludes model loading and evaluation; "
+        "(embeddings and the tied head stay dense). For OATS it is the compression rate: stored non-zeros "
+        "(the sparse term's plus r·(d_out + d_in) of the low-rank factors) over the dense weights' count. "
+        f"OATS: rank ratio {OATS_PARAMS['rank_ratio']}, {OATS_PARAMS['iterations']} iterations, sparse term "
+        "per output row, warm-started subspace solver. Pruning time excludes model loading and evaluation; "
         "peak RSS is the child process's, loading included.",
         "",
         "| config | target | achieved | perplexity | prune time (s) | peak RSS (MB) |",
@@ -115,7 +144,8 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="config names to run (default: all)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="baselines")
+    parser.add_argument("--only", nargs="*", help="config names to run (default: all of the suite)")
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a config as JSON
@@ -123,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="rewrite the Markdown from the existing JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    json_path, md_path = args.out / "quality_smollm2.json", args.out / "quality_smollm2.md"
+    json_path, md_path = (args.out / f"{OUTPUT[args.suite]}.{ext}" for ext in ("json", "md"))
 
     if args.render:
         data = json.loads(json_path.read_text())
@@ -134,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_one(json.loads(args.one), args.eval_windows, args.eval_seq_len)))
         return 0
 
-    configs = [c for c in CONFIGS if not args.only or c["name"] in args.only]
+    configs = [c for c in SUITES[args.suite] if not args.only or c["name"] in args.only]
     rows = []
     for config in configs:
         logging.info("running %s", config["name"])

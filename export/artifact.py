@@ -31,6 +31,7 @@ from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory, check_destination
 from pipeline.environment import describe
 from pipeline.errors import SparseDeployError
+from pipeline.factorized import factor_roles
 from pipeline.models import LoadedModel, load_model
 from pipeline.prune import RECORD_FILE
 
@@ -89,7 +90,8 @@ def _write_graph(loaded: LoadedModel, flavour: str, dest: Path, metadata: dict[s
         io = export_graph(loaded.model, flavour, raw)
         proto = onnx.load(str(raw), load_external_data=True)
     make_deepsparse_compatible(proto)
-    weights = weight_report(proto.graph, rename_weight_initializers(proto.graph, loaded.model))
+    weights = weight_report(proto.graph, rename_weight_initializers(proto.graph, loaded.model),
+                            factor_roles(loaded.model))
     write_metadata(proto, {**metadata, "flavour": {"name": flavour, **io}, "weights": weights})
     dest.parent.mkdir(parents=True, exist_ok=True)
     size = sum(len(i.raw_data) for i in proto.graph.initializer)

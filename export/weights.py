@@ -23,28 +23,29 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
 
 
-def rename_weight_initializers(graph: onnx.GraphProto, model: nn.Module, prefix: str = "model.") -> set[str]:
+def rename_weight_initializers(graph: onnx.GraphProto, model: nn.Module, prefix: str = "model.") -> dict[str, str]:
     """Rename 2-D initializers equal to a parameter (or its transpose) to the parameter's
-    name (``+ ".T"`` when transposed). Returns the names of the initializers that hold
-    parameters (the model's weights, as opposed to constants such as RoPE tables)."""
-    by_digest: dict[str, str] = {}
+    name (``+ ".T"`` when transposed). Returns, for the initializers that hold parameters
+    (the model's weights, as opposed to constants such as RoPE tables), initializer name ->
+    the parameter's full name in ``model``."""
+    by_digest: dict[str, tuple[str, str]] = {}  # digest -> (initializer name, parameter name)
     for name, param in model.named_parameters():
         if param.dim() == 2:
             array = param.detach().float().numpy()
-            by_digest.setdefault(_digest(array), name)
-            by_digest.setdefault(_digest(array.T), name + TRANSPOSED_SUFFIX)
+            by_digest.setdefault(_digest(array), (name, name))
+            by_digest.setdefault(_digest(array.T), (name + TRANSPOSED_SUFFIX, name))
     renames: dict[str, str] = {}
-    weights: set[str] = set()
+    weights: dict[str, str] = {}
     taken = {init.name for init in graph.initializer}
     for init in graph.initializer:
-        target = by_digest.get(_digest(numpy_helper.to_array(init))) if len(init.dims) == 2 else None
-        if target is None:
+        found = by_digest.get(_digest(numpy_helper.to_array(init))) if len(init.dims) == 2 else None
+        if found is None:
             continue
-        new = target.removeprefix(prefix)
+        new = found[0].removeprefix(prefix)
         if new != init.name and new not in taken:  # a name already taken: tied copy, keep its own
             renames[init.name] = new
             taken.add(new)
-        weights.add(renames.get(init.name, init.name))
+        weights[renames.get(init.name, init.name)] = found[1]
     for init in graph.initializer:
         init.name = renames.get(init.name, init.name)
     for node in graph.node:
@@ -67,9 +68,13 @@ def detect_pattern(array: np.ndarray, input_axis: int) -> str:
     return "unstructured"
 
 
-def weight_report(graph: onnx.GraphProto, weights: set[str]) -> dict[str, dict[str, Any]]:
-    """Per weight initializer: shape, non-zeros, sparsity, pattern. The graph must be
-    loaded with its external data."""
+def weight_report(graph: onnx.GraphProto, weights: dict[str, str],
+                  roles: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per weight initializer: shape, non-zeros, sparsity, pattern, read from its values.
+    ``weights`` maps initializer -> parameter name; ``roles`` (by parameter name) marks the
+    parts of factorized layers: a low-rank factor's pattern is ``low-rank`` with its rank.
+    The graph must be loaded with its external data."""
+    roles = roles or {}
     report = {}
     for init in graph.initializer:
         if init.name not in weights:
@@ -78,10 +83,13 @@ def weight_report(graph: onnx.GraphProto, weights: set[str]) -> dict[str, dict[s
         nonzeros = int(np.count_nonzero(array))
         # A MatMul weight stored as W.T is [in, out]: inputs along axis 0.
         input_axis = 0 if init.name.endswith(TRANSPOSED_SUFFIX) else array.ndim - 1
+        role = roles.get(weights[init.name], {})
+        pattern = "low-rank" if role.get("role", "").startswith("low-rank") else detect_pattern(array, input_axis)
         report[init.name] = {
             "shape": list(array.shape),
             "nonzeros": nonzeros,
             "sparsity": 1 - nonzeros / array.size,
-            "pattern": detect_pattern(array, input_axis),
+            "pattern": pattern,
+            **role,
         }
     return report

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from pipeline.errors import SparseDeployError
+from pipeline.factorized import SparseLowRankLinear
 
 
 class ModelKind(str, Enum):
@@ -30,11 +32,28 @@ class ArchitectureSpec:
 
     ``blocks`` is the dotted path, relative to ``model.base_model``, of the
     ``nn.ModuleList`` of repeated transformer blocks that the sequential engine walks.
+    ``fused`` gives, for layers that hold several projections in one weight (Phi-3's
+    ``qkv_proj`` and ``gate_up_proj``), the row count of each projection: methods that
+    treat projections separately (OATS's rank budget) split along them.
     """
 
     model_type: str
     kind: ModelKind
     blocks: str
+    fused: Callable[[PretrainedConfig], dict[str, list[int]]] | None = None
+
+    def fused_rows(self, config: PretrainedConfig) -> dict[str, list[int]]:
+        """Block-relative layer name -> rows per projection (empty without fused layers)."""
+        return self.fused(config) if self.fused else {}
+
+
+def _phi3_fused(config: PretrainedConfig) -> dict[str, list[int]]:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    return {
+        "self_attn.qkv_proj": [config.num_attention_heads * head_dim, kv, kv],
+        "mlp.gate_up_proj": [config.intermediate_size, config.intermediate_size],
+    }
 
 
 _SPECS: dict[str, ArchitectureSpec] = {
@@ -43,7 +62,7 @@ _SPECS: dict[str, ArchitectureSpec] = {
         ArchitectureSpec("llama", ModelKind.CAUSAL_LM, "layers"),
         ArchitectureSpec("mistral", ModelKind.CAUSAL_LM, "layers"),
         ArchitectureSpec("qwen2", ModelKind.CAUSAL_LM, "layers"),
-        ArchitectureSpec("phi3", ModelKind.CAUSAL_LM, "layers"),
+        ArchitectureSpec("phi3", ModelKind.CAUSAL_LM, "layers", fused=_phi3_fused),
         ArchitectureSpec("opt", ModelKind.CAUSAL_LM, "decoder.layers"),
         ArchitectureSpec("bert", ModelKind.TEXT_ENCODER, "encoder.layer"),
         ArchitectureSpec("vit", ModelKind.VISION, "encoder.layer"),
@@ -87,5 +106,13 @@ def blocks_prefix(model: PreTrainedModel) -> str:
 
 
 def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
-    """The prunable Linear layers of one block, by name relative to the block."""
-    return {name: mod for name, mod in block.named_modules() if isinstance(mod, nn.Linear)}
+    """The prunable Linear layers of one block, by name relative to the block. The parts of
+    an already factorized layer are not prunable: they are one layer's decomposition."""
+    factorized = [name for name, mod in block.named_modules() if isinstance(mod, SparseLowRankLinear)]
+    return {name: mod for name, mod in block.named_modules()
+            if isinstance(mod, nn.Linear) and not any(name.startswith(f + ".") for f in factorized)}
+
+
+def factorized_layers(block: nn.Module) -> dict[str, SparseLowRankLinear]:
+    """The sparse + low-rank layers of one block, by name relative to the block."""
+    return {name: mod for name, mod in block.named_modules() if isinstance(mod, SparseLowRankLinear)}

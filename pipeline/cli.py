@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=sorted(PRUNERS))
     p.add_argument("--sparsity", type=float, help="target sparsity in [0, 1) (implied by --pattern N:M)")
     p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M such as 2:4")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method parameter, e.g. --param rank_ratio=0.3 --param iterations=80 (OATS); repeatable")
     p.add_argument("--owl", action="store_true", help="OWL per-block sparsities (computed on the dense model)")
     p.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default: 5)")
     p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL half-spread lambda (default: 0.08)")
@@ -87,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _method_params(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs; values parsed as JSON when they parse (numbers, booleans), else strings."""
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SparseDeployError(f"--param expects KEY=VALUE, got '{item}'")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
 def _cmd_prune(args: argparse.Namespace) -> None:
     from pipeline.models import load_model
     from pipeline.owl import OWLConfig
@@ -94,7 +110,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     from pipeline.pruners import build_pruner
 
     check_destination(args.out, args.overwrite)
-    pruner = build_pruner(args.method, pattern=args.pattern)
+    pruner = build_pruner(args.method, pattern=args.pattern, **_method_params(args.param))
     check_sparsity(args.sparsity, pruner)
     owl = OWLConfig(m=args.owl_m, lam=args.owl_lambda) if args.owl else None
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)

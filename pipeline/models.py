@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -37,6 +38,7 @@ from transformers import (
 from pipeline.architectures import ArchitectureSpec, ModelKind, spec_for_type
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
+from pipeline.factorized import CONFIG_KEY, restore_factorized
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,31 @@ def _tokenizer_if_any(path: str) -> Any | None:
     return AutoTokenizer.from_pretrained(path)
 
 
+def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise SparseDeployError(f"no safetensors weights in {directory}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    return state
+
+
+def _load_factorized(auto: type, directory: Path, config: PretrainedConfig, ranks: dict[str, int]) -> PreTrainedModel:
+    """A model saved with sparse + low-rank layers: ``from_pretrained`` would build plain
+    Linear layers and drop the factors, so build from the config, put the factorized
+    modules back, then load the weights strictly (tied weights excepted)."""
+    model = auto.from_config(config, dtype=torch.float32)
+    restore_factorized(model, ranks)
+    missing, unexpected = model.load_state_dict(_read_state_dict(directory), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or []) if config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise SparseDeployError(f"weights in {directory} do not match the recorded factorized layers "
+                                f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    return model
+
+
 def load_model(name_or_path: str) -> LoadedModel:
     """Load a named model, a local HF directory or a Hub id in float32, eval mode."""
     path = resolve_model_dir(name_or_path)
@@ -183,6 +210,10 @@ def load_model(name_or_path: str) -> LoadedModel:
             f"and the Hugging Face Hub could not provide it ({str(exc).splitlines()[0]})"
         ) from None
     spec = spec_for_type(config.model_type)
-    model = _auto_class(spec).from_pretrained(path, dtype=torch.float32).eval()
+    ranks = getattr(config, CONFIG_KEY, None)
+    if ranks:
+        model = _load_factorized(_auto_class(spec), Path(path), config, ranks).eval()
+    else:
+        model = _auto_class(spec).from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = None if spec.kind is ModelKind.VISION else _tokenizer_if_any(path)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=name_or_path, path=path)

@@ -20,10 +20,11 @@ from pipeline.architectures import ModelKind, linear_layers, transformer_blocks
 from pipeline.atomic import atomic_directory
 from pipeline.data import TextProtocol, calibration_samples, token_batches
 from pipeline.environment import describe, peak_rss_mb
+from pipeline.factorized import record_factorized
 from pipeline.errors import SparseDeployError
 from pipeline.models import LoadedModel
 from pipeline.owl import OWLConfig, measure_outlier_ratios, owl_sparsities
-from pipeline.pruners import Pruner, WeightPruner
+from pipeline.pruners import Pruner
 from pipeline.sequential import BlockContext, calibrate_sequentially
 from pipeline.sparsity_report import sparsity_report
 
@@ -67,11 +68,11 @@ class PruneResult:
 
 def check_sparsity(sparsity: float | None, pruner: Pruner) -> float:
     """The target sparsity, validated; N:M pruners imply theirs."""
-    pattern = getattr(pruner, "pattern", None)
-    if pattern is not None and pattern.is_nm:
-        if sparsity is not None and abs(sparsity - pattern.sparsity) > 1e-9:
-            raise SparseDeployError(f"sparsity {sparsity} contradicts the N:M pattern {pattern} ({pattern.sparsity})")
-        return pattern.sparsity
+    implied = pruner.implied_sparsity()
+    if implied is not None:
+        if sparsity is not None and abs(sparsity - implied) > 1e-9:
+            raise SparseDeployError(f"sparsity {sparsity} contradicts the N:M pattern {pruner.pattern} ({implied:g})")
+        return implied
     if sparsity is None:
         raise SparseDeployError("give a target sparsity (or an N:M pattern)")
     if not 0 <= sparsity < 1:
@@ -96,7 +97,7 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
                 owl: OWLConfig | None = None, batches: list[dict[str, Any]] | None = None) -> PruneResult:
     """Prune ``loaded.model`` in place. ``batches`` overrides the text calibration (vision)."""
     target = check_sparsity(sparsity, pruner)
-    if owl is not None and isinstance(pruner, WeightPruner) and pruner.pattern.is_nm:
+    if owl is not None and pruner.implied_sparsity() is not None:
         raise SparseDeployError("OWL allocates unstructured per-block sparsities; it does not combine with N:M here")
     pruner.check_model(_all_block_layers(loaded))
     batches = batches if batches is not None else calibration_batches(loaded, calibration)
@@ -120,6 +121,7 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
 
     prune_start = time.perf_counter()
     calibrate_sequentially(loaded.model, batches, pruner.statistics, prune, description=pruner.name)
+    record_factorized(loaded.model)  # factorized layers (OATS) must be rebuilt on reload
     timings["prune_s"] = time.perf_counter() - prune_start
     timings["total_s"] = time.perf_counter() - start
     return PruneResult(method=pruner.config(), target_sparsity=target, block_sparsity=sparsities,

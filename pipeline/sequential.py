@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from pipeline.architectures import blocks_prefix, linear_layers, transformer_blocks
+from pipeline.architectures import blocks_prefix, linear_layers, spec_for, transformer_blocks
 from pipeline.statistics import LayerStatistics, Statistic
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ class BlockContext:
     """One block after calibration: its Linear layers and their input statistics.
 
     Layers fed by the same tensor (q/k/v, gate/up) share one statistics object.
+    ``fused_rows`` names layers that hold several projections in one weight, with each
+    projection's row count (from the architecture spec).
     """
 
     index: int
@@ -40,6 +42,7 @@ class BlockContext:
     block: nn.Module
     layers: dict[str, nn.Linear]
     stats: dict[str, LayerStatistics]
+    fused_rows: dict[str, list[int]] = field(default_factory=dict)
 
 
 # visit(ctx) -> True when it changed the block (outputs must then be recomputed).
@@ -152,6 +155,7 @@ def calibrate_sequentially(
         inputs = _capture_first_block_inputs(model, batches)
         prefix = blocks_prefix(model)
         blocks = transformer_blocks(model)
+        fused = spec_for(model).fused_rows(model.config)
         for index in tqdm(range(len(blocks)), desc=description, unit="block", disable=None):
             block = blocks[index]
             layers = linear_layers(block)
@@ -159,7 +163,7 @@ def calibrate_sequentially(
                 stats, outputs = _collect(block, layers, inputs, statistics, gram_dtype)
             else:
                 stats, outputs = {}, None
-            changed = visit(BlockContext(index, f"{prefix}.{index}", block, layers, stats))
+            changed = visit(BlockContext(index, f"{prefix}.{index}", block, layers, stats, fused))
             if changed or outputs is None:
                 outputs = _run_block(blocks[index], inputs)
             inputs.hidden = outputs

@@ -7,33 +7,49 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from pipeline.architectures import blocks_prefix, linear_layers, transformer_blocks
+from pipeline.architectures import blocks_prefix, factorized_layers, linear_layers, transformer_blocks
 
 
-def _counts(tensors: list[torch.Tensor]) -> dict[str, Any]:
-    params = sum(t.numel() for t in tensors)
-    nonzeros = sum(int(torch.count_nonzero(t)) for t in tensors)
+def _counts(params: int, nonzeros: int) -> dict[str, Any]:
     return {"params": params, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params if params else 0.0}
 
 
+def _sum(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return _counts(sum(e["params"] for e in entries), sum(e["nonzeros"] for e in entries))
+
+
+def _layer_entries(block: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """A plain layer counts its weight's zeros. A sparse + low-rank layer counts against the
+    dense weight it replaces: stored non-zeros (S's plus both factors') over ``d_out·d_in``,
+    so its "sparsity" is the honest compression rate."""
+    entries = {}
+    for name, layer in linear_layers(block).items():
+        w = layer.weight.detach()
+        entries[name] = {"shape": list(w.shape), **_counts(w.numel(), int(torch.count_nonzero(w)))}
+    for name, layer in factorized_layers(block).items():
+        entries[name] = {
+            "shape": [layer.out_features, layer.in_features],
+            **_counts(layer.out_features * layer.in_features, layer.stored_nonzeros()),
+            "rank": layer.rank,
+            "sparse_term_sparsity": 1 - int(torch.count_nonzero(layer.sparse.weight)) / layer.sparse.weight.numel(),
+        }
+    return entries
+
+
 def sparsity_report(model: PreTrainedModel) -> dict[str, Any]:
-    """Per Linear layer of every block, per block, and overall (blocks' Linear weights, and
-    the whole model with embeddings and head; tied weights counted once)."""
+    """Per prunable layer of every block, per block, and overall (blocks' layers, and the
+    whole model's stored parameters with embeddings and head; tied weights counted once)."""
     prefix = blocks_prefix(model)
     layers: dict[str, Any] = {}
     blocks: list[dict[str, Any]] = []
-    block_weights: list[torch.Tensor] = []
     for index, block in enumerate(transformer_blocks(model)):
-        weights = []
-        for name, layer in linear_layers(block).items():
-            w = layer.weight.detach()
-            layers[f"{prefix}.{index}.{name}"] = {"shape": list(w.shape), **_counts([w])}
-            weights.append(w)
-        blocks.append(_counts(weights))
-        block_weights += weights
+        entries = _layer_entries(block)
+        layers.update({f"{prefix}.{index}.{name}": entry for name, entry in entries.items()})
+        blocks.append(_sum(list(entries.values())))
+    stored = list(model.parameters())
     return {
         "layers": layers,
         "blocks": blocks,
-        "blocks_linear": _counts(block_weights),
-        "model": _counts(list(model.parameters())),
+        "blocks_linear": _sum(blocks),
+        "model": _counts(sum(t.numel() for t in stored), sum(int(torch.count_nonzero(t)) for t in stored)),
     }

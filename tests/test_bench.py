@@ -40,6 +40,22 @@ def test_decomposition_separates_head_and_blocks():
     assert t["extrapolated_speedup"] == pytest.approx((1 + 320) / (1 + 160))
 
 
+def test_decomposition_compares_variants_with_a_baseline_variant():
+    rows = [_row("dense", 0.0, 21.0), _row("wanda", 0.5, 17.0), _row("oats", 0.5, 13.0), _row("head-only", 0.0, 1.0)]
+    table, text = decomposition(rows, blocks=2, depth=32, baseline="wanda")
+    by_variant = {t["variant"]: t for t in table}
+    assert by_variant["oats"]["vs_baseline"]["blocks_speedup"] == pytest.approx(8 / 6)
+    assert by_variant["oats"]["blocks_speedup"] == pytest.approx(10 / 6)
+    assert "vs_baseline" not in by_variant["wanda"] and "vs wanda" in text
+
+
+def test_block_sparsity_counts_low_rank_factors_against_the_dense_weight():
+    manifest = {"weights": {"layers.0.q.sparse.weight.T": {"shape": [8, 8], "nonzeros": 24, "pattern": "unstructured"},
+                            "layers.0.q.down.weight.T": {"shape": [8, 1], "nonzeros": 8, "pattern": "low-rank"},
+                            "layers.0.q.up.weight.T": {"shape": [1, 8], "nonzeros": 8, "pattern": "low-rank"}}}
+    assert block_sparsity(manifest) == pytest.approx(1 - 40 / 64)
+
+
 def test_block_sparsity_reads_the_manifest():
     manifest = {"weights": {"embed_tokens.weight": {"shape": [10, 4], "nonzeros": 40},
                             "layers.0.mlp.up_proj.weight.T": {"shape": [4, 8], "nonzeros": 8},

@@ -8,10 +8,11 @@ from pipeline.errors import SparseDeployError
 from pipeline.pruners.base import Pruner, WeightPruner
 from pipeline.sequential import BlockContext
 from pipeline.pruners.magnitude import MagnitudePruner
+from pipeline.pruners.oats import OATSPruner
 from pipeline.pruners.sparsegpt import SparseGPTPruner
 from pipeline.pruners.wanda import WandaPruner
 
-PRUNERS: dict[str, type[Pruner]] = {cls.name: cls for cls in (MagnitudePruner, WandaPruner, SparseGPTPruner)}
+PRUNERS: dict[str, type[Pruner]] = {cls.name: cls for cls in (MagnitudePruner, WandaPruner, SparseGPTPruner, OATSPruner)}
 
 
 def build_pruner(method: str, **params: Any) -> Pruner:

@@ -36,6 +36,10 @@ class Pruner(ABC):
     def check_model(self, layers: dict[str, nn.Linear]) -> None:
         """Reject a model the method cannot prune, before any compute (default: accept)."""
 
+    def implied_sparsity(self) -> float | None:
+        """The target a pattern fixes (N:M), or None when the user chooses it."""
+        return None
+
     def config(self) -> dict:
         """The parameters that reproduce this pruner, for records and recipes."""
         return {"method": self.name}
@@ -67,6 +71,9 @@ class WeightPruner(Pruner):
     def check_model(self, layers: dict[str, nn.Linear]) -> None:
         for name, layer in layers.items():
             self.pattern.check_width(layer.in_features, name)
+
+    def implied_sparsity(self) -> float | None:
+        return self.pattern.sparsity if self.pattern.is_nm else None
 
     def config(self) -> dict:
         return {**super().config(), "pattern": str(self.pattern)}

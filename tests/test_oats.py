@@ -1,0 +1,206 @@
+"""OATS: budgets, N:M, the alternating minimisation, the fold into separate matmuls,
+save/reload, export to ONNX Runtime and DeepSparse."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from export.artifact import MANIFEST, export_artifact
+from export.graphs import KVGeometry, decode_inputs
+from pipeline.cli import main
+from pipeline.errors import SparseDeployError
+from pipeline.factorized import SparseLowRankLinear
+from pipeline.masks import Granularity, SparsityPattern, prune_mask
+from pipeline.models import load_model
+from pipeline.pruners import build_pruner
+from pipeline.pruners.oats import LowRankSolver, OATSPruner, budget, decompose
+from pipeline.pruners.wanda import WandaPruner
+from pipeline.sparsity_report import sparsity_report
+from runtime import deepsparse_runner
+from runtime.onnxruntime_runner import run, session
+from tests.conftest import outlier_inputs, stats_of
+
+needs_deepsparse = pytest.mark.skipif(not deepsparse_runner.available(), reason="no .venv-deepsparse")
+D_OUT, D_IN = 48, 128
+
+
+@pytest.fixture(scope="module")
+def layer():
+    torch.manual_seed(3)
+    # A weight with a decaying spectrum plus a few large entries, like real projections.
+    low = torch.randn(D_OUT, 6) @ torch.randn(6, D_IN) / 3
+    weight = (low + torch.randn(D_OUT, D_IN) * 0.3) / D_IN**0.5
+    return weight, stats_of(outlier_inputs(2048, D_IN), gram=False)
+
+
+@pytest.mark.parametrize("compression, kappa", [(0.5, 0.25), (0.6, 0.3), (0.3, 0.2)])
+def test_rank_and_nonzero_budget_are_exact(layer, compression, kappa):
+    weight, stats = layer
+    sparse, u, v = OATSPruner(rank_ratio=kappa, iterations=5).decompose_weight(weight, stats.second_moment,
+                                                                                compression)
+    rank = math.floor(kappa * (1 - compression) * D_OUT * D_IN / (D_OUT + D_IN))
+    assert u.shape == (D_OUT, rank) and v.shape == (rank, D_IN)
+    keep_per_row = D_IN - round((1 - (1 - kappa) * (1 - compression)) * D_IN)
+    assert ((sparse != 0).sum(dim=1) == keep_per_row).all()
+    stored = keep_per_row * D_OUT + rank * (D_OUT + D_IN)
+    assert stored <= (1 - compression) * D_OUT * D_IN + D_OUT  # row rounding only
+
+
+def test_layer_granularity_counts_over_the_whole_matrix(layer):
+    weight, stats = layer
+    sparse, _, _ = OATSPruner(iterations=5, granularity="layer").decompose_weight(weight, stats.second_moment, 0.5)
+    assert int((sparse != 0).sum()) == D_OUT * D_IN - round(budget(D_OUT, D_IN, 0.5, 0.25).sparse_sparsity
+                                                            * D_OUT * D_IN)
+    assert (sparse != 0).sum(dim=1).unique().numel() > 1  # rows differ
+
+
+@pytest.mark.parametrize("text, kappa", [("2:8", 0.25), ("2:4", 0.3), ("1:4", 0.5)])
+def test_nm_sparse_term_is_valid_and_compression_follows(layer, text, kappa):
+    weight, stats = layer
+    pruner = OATSPruner(rank_ratio=kappa, iterations=5, pattern=text)
+    pattern = SparsityPattern.parse(text)
+    compression = pruner.implied_sparsity()
+    assert compression == pytest.approx(1 - (pattern.n / pattern.m) / (1 - kappa))
+    sparse, u, _ = pruner.decompose_weight(weight, stats.second_moment, compression)
+    kept = (sparse != 0).reshape(D_OUT, -1, pattern.m).sum(dim=-1)
+    assert (kept == pattern.n).all()
+    assert u.shape[1] == budget(D_OUT, D_IN, compression, kappa).rank
+
+
+@pytest.mark.parametrize("solver", list(LowRankSolver))
+def test_objective_never_increases(layer, solver):
+    weight, stats = layer
+    target = weight * stats.second_moment.sqrt()
+    b = budget(D_OUT, D_IN, 0.5, 0.25)
+    zeros = lambda r: prune_mask(r.abs(), b.sparse_sparsity, SparsityPattern(), Granularity.ROW)  # noqa: E731
+    result = decompose(target, b.rank, zeros, 30, solver)
+    assert len(result.objective) == 30
+    assert all(later <= earlier * (1 + 1e-5) for earlier, later in zip(result.objective, result.objective[1:]))
+    assert result.objective[-1] < result.objective[0]
+    assert float(torch.linalg.matrix_norm(target - result.sparse - result.u @ result.v)) == pytest.approx(
+        result.objective[-1], rel=1e-4)
+
+
+def test_fast_solver_matches_full_svd(layer):
+    weight, stats = layer
+    target = weight * stats.second_moment.sqrt()
+    b = budget(D_OUT, D_IN, 0.5, 0.25)
+    zeros = lambda r: prune_mask(r.abs(), b.sparse_sparsity, SparsityPattern(), Granularity.ROW)  # noqa: E731
+    fast = decompose(target, b.rank, zeros, 40, LowRankSolver.SUBSPACE).objective[-1]
+    full = decompose(target, b.rank, zeros, 40, LowRankSolver.SVD).objective[-1]
+    assert fast <= full * 1.01
+
+
+def test_rank_ratio_zero_is_wanda(layer):
+    weight, stats = layer
+    sparse, u, _ = OATSPruner(rank_ratio=0.0, iterations=3).decompose_weight(weight, stats.second_moment, 0.6)
+    assert u.shape[1] == 0
+    torch.testing.assert_close(sparse, WandaPruner().prune_weight(weight, stats, 0.6))
+
+
+def test_fold_equals_dense_sum(layer):
+    weight, stats = layer
+    sparse, u, v = OATSPruner(iterations=10).decompose_weight(weight, stats.second_moment, 0.5)
+    bias = torch.randn(D_OUT)
+    module = SparseLowRankLinear.from_factors(sparse, u, v, bias)
+    x = torch.randn(7, D_IN)
+    torch.testing.assert_close(module(x), x @ (sparse + u @ v).T + bias, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.dense_weight(), sparse + u @ v)
+    assert module.stored_nonzeros() == int((sparse != 0).sum()) + u.numel() + v.numel()
+
+
+def test_dead_inputs_get_zero_weights(layer):
+    weight, stats = layer
+    second = stats.second_moment.clone()
+    second[:5] = 0
+    sparse, u, v = OATSPruner(iterations=5).decompose_weight(weight, second, 0.5)
+    assert torch.isfinite(sparse).all() and torch.isfinite(v).all()
+    assert (sparse[:, :5] == 0).all() and (v[:, :5] == 0).all()
+
+
+def test_fused_projections_get_one_budget_each(layer):
+    weight, stats = layer
+    rows = [16, 16, 16]
+    sparse, u, v = OATSPruner(iterations=5).decompose_weight(weight, stats.second_moment, 0.5, rows)
+    ranks = [budget(r, D_IN, 0.5, 0.25).rank for r in rows]
+    assert u.shape == (D_OUT, sum(ranks)) and v.shape == (sum(ranks), D_IN)
+    starts = np.cumsum([0, *ranks])
+    for i, r in enumerate(rows):  # U is block-diagonal: projection i only uses its own factors
+        block = u[16 * i:16 * (i + 1)]
+        assert (block[:, :starts[i]] == 0).all() and (block[:, starts[i + 1]:] == 0).all()
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(SparseDeployError, match="rank_ratio"):
+        build_pruner("oats", rank_ratio=1.0)
+    with pytest.raises(SparseDeployError, match="nothing is left"):
+        build_pruner("oats", pattern="7:8", rank_ratio=0.25)
+    with pytest.raises(SparseDeployError, match="no_such"):
+        build_pruner("oats", no_such=1)
+
+
+@pytest.fixture(scope="module")
+def oats_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oats") / "tiny"
+    assert main(["prune", "--model", "tiny-llama", "--method", "oats", "--sparsity", "0.5", "--param", "iterations=8",
+                 "--out", str(out), "--calib-samples", "4", "--calib-seq-len", "32"]) == 0
+    return out
+
+
+def test_oats_model_saves_reloads_and_reports_honest_compression(oats_dir):
+    record = json.loads((oats_dir / "prune_record.json").read_text())
+    assert record["recipe"]["method"] == "oats" and record["recipe"]["granularity"] == "row"
+    loaded = load_model(str(oats_dir))
+    factorized = [m for m in loaded.model.modules() if isinstance(m, SparseLowRankLinear)]
+    assert len(factorized) == 3 * 7
+    report = sparsity_report(loaded.model)
+    stored = sum(m.stored_nonzeros() for m in factorized)
+    dense = sum(m.in_features * m.out_features for m in factorized)
+    assert report["blocks_linear"]["sparsity"] == pytest.approx(1 - stored / dense)
+    assert 0.5 <= report["blocks_linear"]["sparsity"] < 0.53
+    assert report == record["achieved"]  # the reloaded model is the one that was saved
+
+
+def test_phi3_fused_layers_are_split_per_projection(tiny):
+    from pipeline.prune import CalibrationConfig, prune_model
+
+    loaded = tiny("tiny-phi3")
+    prune_model(loaded, OATSPruner(iterations=4), 0.5, CalibrationConfig(samples=2, seq_len=32))
+    qkv = loaded.model.model.layers[0].self_attn.qkv_proj
+    assert isinstance(qkv, SparseLowRankLinear)
+    config = loaded.model.config
+    q_rows = config.hidden_size
+    assert qkv.rank == 3 * budget(q_rows, config.hidden_size, 0.5, 0.25).rank  # q, k, v of equal width here
+
+
+@pytest.fixture(scope="module")
+def oats_artifact(oats_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("oats_art") / "tiny"
+    export_artifact(str(oats_dir), out, parity_windows=1, parity_seq_len=32)
+    return out
+
+
+def test_export_keeps_separate_matmuls_and_marks_factors(oats_artifact, oats_dir):
+    manifest = json.loads((oats_artifact / MANIFEST).read_text())
+    weights = manifest["weights"]
+    q = "layers.0.self_attn.q_proj"
+    rank = load_model(str(oats_dir)).model.model.layers[0].self_attn.q_proj.rank
+    assert weights[f"{q}.sparse.weight.T"]["role"] == "sparse term"
+    assert weights[f"{q}.sparse.weight.T"]["sparsity"] == pytest.approx(0.625, abs=0.01)
+    for factor in ("down", "up"):
+        assert weights[f"{q}.{factor}.weight.T"]["pattern"] == "low-rank"
+        assert weights[f"{q}.{factor}.weight.T"]["rank"] == rank
+    assert all(v["passed"] for k, v in manifest["parity"].items() if k != "tolerance")
+
+
+@needs_deepsparse
+def test_folded_model_runs_in_deepsparse_like_onnxruntime(oats_artifact, oats_dir):
+    geometry = KVGeometry.of(load_model(str(oats_dir)).model)
+    feeds = {k: v.numpy() for k, v in decode_inputs(geometry, seq=1, past=12).items()}
+    result = deepsparse_runner.run_deepsparse(oats_artifact / "model.onnx", feeds, want_outputs=True, repetitions=1)
+    for got, want in zip(result.outputs, run(session(oats_artifact / "model.onnx"), feeds)):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    assert result.fraction_of_supported_ops > 0.85, result.fraction_of_supported_ops
