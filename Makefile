@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_OUT ?= out/demo
 
-.PHONY: install demo test test-fast bench-quality clean
+.PHONY: install install-datasets demo test test-fast bench-quality bench-oats bench-vision clean
 
 install: $(VENV)/.stamp $(DS_VENV)/.stamp
 
@@ -30,8 +30,18 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+install-datasets:
+	bash scripts/install.sh datasets
+
 bench-quality: install
 	$(BIN)/python -m benchmarks.quality
+
+bench-oats: install
+	$(BIN)/python -m benchmarks.oats_solver
+	$(BIN)/python -m benchmarks.quality --suite oats
+
+bench-vision: install install-datasets
+	$(BIN)/python -m benchmarks.vision
 
 clean:
 	rm -rf $(VENV) $(DS_VENV) out .pytest_cache

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -40,7 +39,7 @@ from pipeline.data import calibration_samples, token_batches
 from pipeline.models import DEFAULT_MODEL, cache_dir, load_model
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
-from pipeline.pruners import build_pruner
+from pipeline.pruners import build_pruner, parse_params
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -94,12 +93,8 @@ class Variant:
         parts = spec.split(":")
         if not sep or len(parts) < 2:
             raise SparseDeployError(f"bad variant '{text}': expected LABEL=METHOD:SPARSITY[:owl][:KEY=VALUE...]")
-        params = []
-        for part in parts[2:]:
-            if part != "owl":
-                key, _, value = part.partition("=")
-                params.append((key, json.loads(value)))
-        return cls(label, parts[0], float(parts[1]), "owl" in parts[2:], tuple(params))
+        params = parse_params([part for part in parts[2:] if part != "owl"])
+        return cls(label, parts[0], float(parts[1]), "owl" in parts[2:], tuple(params.items()))
 
     def describe(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.params)

@@ -40,6 +40,20 @@ def _oats_suite() -> list[dict[str, Any]]:
     return configs
 
 
+def _osscar_suite() -> list[dict[str, Any]]:
+    """MLP neurons at 25% and 50%, and one heads setting: smollm2 has 3 KV groups per block
+    (9 query heads over 3 KV heads), so removing one group (33% of the heads) is the finest."""
+    configs: list[dict[str, Any]] = [{"name": "dense", "method": None}]
+    for structures, share, tag in (("mlp", 0.25, "mlp25"), ("mlp", 0.5, "mlp50"), ("heads", 1 / 3, "heads33")):
+        configs += [
+            {"name": f"norm-{tag}", "method": "structured-norm", "sparsity": share, "params": {"structures": structures}},
+            {"name": f"osscar-greedy-{tag}", "method": "osscar", "sparsity": share,
+             "params": {"structures": structures, "iterations": 0}},
+            {"name": f"osscar-{tag}", "method": "osscar", "sparsity": share, "params": {"structures": structures}},
+        ]
+    return configs
+
+
 SUITES: dict[str, list[dict[str, Any]]] = {
     "baselines": [
         {"name": "dense", "method": None},
@@ -50,8 +64,9 @@ SUITES: dict[str, list[dict[str, Any]]] = {
         {"name": "owl-sparsegpt-70", "method": "sparsegpt", "sparsity": 0.7, "owl": True},
     ],
     "oats": _oats_suite(),
+    "osscar": _osscar_suite(),
 }
-OUTPUT = {"baselines": "quality_smollm2", "oats": "quality_oats_smollm2"}
+OUTPUT = {"baselines": "quality_smollm2", "oats": "quality_oats_smollm2", "osscar": "quality_osscar_smollm2"}
 
 
 def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dict[str, Any]:
@@ -72,11 +87,12 @@ def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dic
         owl = OWLConfig() if config.get("owl") else None
         result = prune_model(loaded, pruner, config.get("sparsity"), CalibrationConfig(), owl=owl)
         row.update(recipe=result.method, target=result.target_sparsity, timings_s=result.timings_s,
-                   calibration=result.calibration.to_dict(), block_sparsity=result.block_sparsity)
+                   calibration=result.calibration, block_sparsity=result.block_sparsity)
     report = sparsity_report(loaded.model)
     ppl = perplexity(loaded.model, loaded.tokenizer, "wiki", eval_windows, eval_seq_len)
     row.update(perplexity=ppl.perplexity, eval=ppl.to_dict(), achieved_sparsity=report["blocks_linear"]["sparsity"],
-               model_sparsity=report["model"]["sparsity"], peak_rss_mb=peak_rss_mb())
+               model_sparsity=report["model"]["sparsity"], block_params=report["blocks_linear"]["params"],
+               model_params=report["model"]["params"], peak_rss_mb=peak_rss_mb())
     return row
 
 
@@ -89,6 +105,10 @@ CLAIMS = [
     *((f"oats-{p}", f"{m}-{p}", f"OATS below {name} at {p}% compression (OATS's central claim)")
       for p in (50, 60) for m, name in (("wanda", "Wanda"), ("sparsegpt", "SparseGPT"))),
     *((f"owl-oats-{p}", f"oats-{p}", f"OATS+OWL below OATS at {p}%") for p in (50, 60)),
+    *((f"osscar-{t}", f"osscar-greedy-{t}", f"OSSCAR local search below OSSCAR greedy ({t})")
+      for t in ("mlp25", "mlp50", "heads33")),
+    *((f"osscar-greedy-{t}", f"norm-{t}", f"OSSCAR greedy below the norm baseline ({t})")
+      for t in ("mlp25", "mlp50", "heads33")),
 ]
 TIME_LIMITS_S = {"wanda-70": 300.0, "oats-50": 300.0}
 
@@ -128,15 +148,23 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str) ->
         "per output row, warm-started subspace solver. Pruning time excludes model loading and evaluation; "
         "peak RSS is the child process's, loading included.",
         "",
-        "| config | target | achieved | perplexity | prune time (s) | peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
+        "- Structured (OSSCAR, norm baseline): target = share of MLP neurons or KV groups removed per block, "
+        "sliced out for real; block params = parameters of the decoder blocks' Linear layers after slicing. "
+        "OSSCAR: ridge 1e-2, 10 neurons / 2 heads per greedy step, 30 local-search iterations swapping 10 neurons / "
+        "5 heads (halved on a rejected swap); greedy = no local search. Norm baseline: ||W[:, unit]||·sqrt(E[x²]), "
+        "no refit.",
+        "",
+        "| config | target | achieved sparsity | block params (M) | perplexity | prune time (s) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         target = r.get("target")
         t = r.get("timings_s", {}).get("total_s")
+        params = r.get("block_params")
         lines.append(
             f"| {r['name']} | {'-' if target is None else f'{target:.2f}'} | {r['achieved_sparsity']:.4f} | "
-            f"{r['perplexity']:.2f} | {'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} |"
+            f"{'-' if params is None else f'{params / 1e6:.2f}'} | {r['perplexity']:.2f} | "
+            f"{'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} |"
         )
     lines += ["", "## Claims checked", "", *_checks(rows)]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from pipeline.architectures import ModelKind, spec_for
+from pipeline.slicing import CONFIG_KEY as SLICED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,11 @@ class EncoderGraph(nn.Module):
 
 @dataclass(frozen=True)
 class KVGeometry:
-    """Shape of one layer's cached keys/values: (batch, kv_heads, length, head_dim)."""
+    """Shape of each layer's cached keys/values: (batch, kv_heads[i], length, head_dim).
+    Layers differ when heads were sliced out (OSSCAR records the counts in the config)."""
 
     layers: int
-    kv_heads: int
+    kv_heads: tuple[int, ...]
     head_dim: int
 
     @classmethod
@@ -123,8 +125,10 @@ class KVGeometry:
     @classmethod
     def from_config(cls, c: Any) -> "KVGeometry":
         heads = c.num_attention_heads
-        return cls(c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or heads,
-                   getattr(c, "head_dim", None) or c.hidden_size // heads)
+        uniform = getattr(c, "num_key_value_heads", None) or heads
+        sliced = (getattr(c, SLICED_KEY, None) or {}).get("kv_heads_per_layer")
+        kv = tuple(sliced) if sliced else (uniform,) * c.num_hidden_layers
+        return cls(c.num_hidden_layers, kv, getattr(c, "head_dim", None) or c.hidden_size // heads)
 
     def names(self, prefix: str) -> list[str]:
         return [f"{prefix}.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
@@ -138,8 +142,8 @@ def decode_inputs(geometry: KVGeometry, seq: int, past: int, batch: int = 1, see
         "attention_mask": torch.ones(batch, past + seq, dtype=torch.long),
         "position_ids": torch.arange(past, past + seq).expand(batch, seq).contiguous(),
     }
-    for name in geometry.names("past_key_values"):
-        feeds[name] = torch.randn(batch, geometry.kv_heads, past, geometry.head_dim, generator=gen)
+    for i, name in enumerate(geometry.names("past_key_values")):
+        feeds[name] = torch.randn(batch, geometry.kv_heads[i // 2], past, geometry.head_dim, generator=gen)
     return feeds
 
 

@@ -7,6 +7,7 @@ which Auto class loads it and what kind of inputs it takes; nothing else branche
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
@@ -27,6 +28,52 @@ class ModelKind(str, Enum):
 
 
 @dataclass(frozen=True)
+class MLPLayout:
+    """Where a block's MLP neurons live: output rows of the producers (``halves`` > 1: a fused
+    weight stacking that many projections, Phi-3's ``gate_up_proj``), input columns of the
+    consumer."""
+
+    producers: tuple[str, ...]
+    consumer: str
+    halves: int = 1
+
+
+def _set_no_head_attributes(attention: nn.Module, heads: int, kv_heads: int) -> None:
+    """LLaMA-family attention reshapes with -1 heads and keeps heads/kv_heads fixed when
+    whole KV groups go: nothing to update."""
+
+
+def _set_opt_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
+    attention.num_heads = heads
+
+
+def _set_vit_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
+    attention.num_attention_heads = heads
+    attention.all_head_size = heads * attention.attention_head_size
+
+
+def _set_phi3_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
+    """Phi-3 splits its fused qkv at ``config.num_attention_heads · head_dim``: give the
+    module its own config copy with this layer's counts."""
+    attention.config = copy.copy(attention.config)
+    attention.config.num_attention_heads, attention.config.num_key_value_heads = heads, kv_heads
+    attention.num_key_value_heads = kv_heads
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where a block's heads live. Units of removal are KV groups (one KV head with the query
+    heads sharing it; one head each without GQA), so that every layer keeps the model's
+    query/KV ratio. ``qkv`` names either three projections or one fused weight stacking
+    q, k, v rows. ``set_heads`` updates the module's own head counts after slicing."""
+
+    module: str
+    qkv: tuple[str, ...]
+    consumer: str
+    set_heads: Callable[[nn.Module, int, int], None] = _set_no_head_attributes
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """Where an architecture keeps what the pipeline needs.
 
@@ -41,6 +88,8 @@ class ArchitectureSpec:
     kind: ModelKind
     blocks: str
     fused: Callable[[PretrainedConfig], dict[str, list[int]]] | None = None
+    mlp: MLPLayout | None = None
+    attention: AttentionLayout | None = None
 
     def fused_rows(self, config: PretrainedConfig) -> dict[str, list[int]]:
         """Block-relative layer name -> rows per projection (empty without fused layers)."""
@@ -56,17 +105,36 @@ def _phi3_fused(config: PretrainedConfig) -> dict[str, list[int]]:
     }
 
 
+_LLAMA_MLP = MLPLayout(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")
+_LLAMA_ATTENTION = AttentionLayout("self_attn", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                                   "self_attn.o_proj")
+_VIT_ATTENTION = AttentionLayout("attention.attention", ("attention.attention.query", "attention.attention.key",
+                                                         "attention.attention.value"), "attention.output.dense",
+                                 _set_vit_heads)
+
 _SPECS: dict[str, ArchitectureSpec] = {
     spec.model_type: spec
     for spec in (
-        ArchitectureSpec("llama", ModelKind.CAUSAL_LM, "layers"),
-        ArchitectureSpec("mistral", ModelKind.CAUSAL_LM, "layers"),
-        ArchitectureSpec("qwen2", ModelKind.CAUSAL_LM, "layers"),
-        ArchitectureSpec("phi3", ModelKind.CAUSAL_LM, "layers", fused=_phi3_fused),
-        ArchitectureSpec("opt", ModelKind.CAUSAL_LM, "decoder.layers"),
-        ArchitectureSpec("bert", ModelKind.TEXT_ENCODER, "encoder.layer"),
-        ArchitectureSpec("vit", ModelKind.VISION, "encoder.layer"),
-        ArchitectureSpec("dinov2", ModelKind.VISION, "encoder.layer"),
+        ArchitectureSpec("llama", ModelKind.CAUSAL_LM, "layers", mlp=_LLAMA_MLP, attention=_LLAMA_ATTENTION),
+        ArchitectureSpec("mistral", ModelKind.CAUSAL_LM, "layers", mlp=_LLAMA_MLP, attention=_LLAMA_ATTENTION),
+        ArchitectureSpec("qwen2", ModelKind.CAUSAL_LM, "layers", mlp=_LLAMA_MLP, attention=_LLAMA_ATTENTION),
+        ArchitectureSpec("phi3", ModelKind.CAUSAL_LM, "layers", fused=_phi3_fused,
+                         mlp=MLPLayout(("mlp.gate_up_proj",), "mlp.down_proj", halves=2),
+                         attention=AttentionLayout("self_attn", ("self_attn.qkv_proj",), "self_attn.o_proj",
+                                                   _set_phi3_heads)),
+        ArchitectureSpec("opt", ModelKind.CAUSAL_LM, "decoder.layers", mlp=MLPLayout(("fc1",), "fc2"),
+                         attention=AttentionLayout("self_attn", ("self_attn.q_proj", "self_attn.k_proj",
+                                                                 "self_attn.v_proj"), "self_attn.out_proj",
+                                                   _set_opt_heads)),
+        ArchitectureSpec("bert", ModelKind.TEXT_ENCODER, "encoder.layer",
+                         mlp=MLPLayout(("intermediate.dense",), "output.dense"),
+                         attention=AttentionLayout("attention.self", ("attention.self.query", "attention.self.key",
+                                                                      "attention.self.value"),
+                                                   "attention.output.dense", _set_vit_heads)),
+        ArchitectureSpec("vit", ModelKind.VISION, "encoder.layer",
+                         mlp=MLPLayout(("intermediate.dense",), "output.dense"), attention=_VIT_ATTENTION),
+        ArchitectureSpec("dinov2", ModelKind.VISION, "encoder.layer", mlp=MLPLayout(("mlp.fc1",), "mlp.fc2"),
+                         attention=_VIT_ATTENTION),
     )
 }
 

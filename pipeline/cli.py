@@ -21,10 +21,12 @@ log = logging.getLogger("pipeline")
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
-    g.add_argument("--calib-source", default="c4", help="packaged text name or a .txt/.jsonl file (default: c4)")
+    g.add_argument("--calib-source", default="c4",
+                   help="packaged text name or a .txt/.jsonl file (default: c4); 'fashion-mnist' for vision models")
     g.add_argument("--calib-samples", type=int, default=64, help="number of token windows (default: 64)")
     g.add_argument("--calib-seq-len", type=int, default=512, help="tokens per window (default: 512)")
     g.add_argument("--seed", type=int, default=0, help="seed of the window offsets (default: 0)")
+    g.add_argument("--calib-image-size", type=int, default=224, help="vision: input size in pixels (default: 224)")
 
 
 def _add_eval_args(p: argparse.ArgumentParser, windows: int = 32) -> None:
@@ -89,31 +91,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _method_params(items: list[str]) -> dict[str, object]:
-    """``KEY=VALUE`` pairs; values parsed as JSON when they parse (numbers, booleans), else strings."""
-    params: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SparseDeployError(f"--param expects KEY=VALUE, got '{item}'")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
-
-
 def _cmd_prune(args: argparse.Namespace) -> None:
     from pipeline.models import load_model
     from pipeline.owl import OWLConfig
     from pipeline.prune import CalibrationConfig, build_record, check_sparsity, prune_model, save_pruned
-    from pipeline.pruners import build_pruner
+    from pipeline.pruners import build_pruner, parse_params
 
     check_destination(args.out, args.overwrite)
-    pruner = build_pruner(args.method, pattern=args.pattern, **_method_params(args.param))
+    pruner = build_pruner(args.method, **({"pattern": args.pattern} if args.pattern != "unstructured" else {}),
+                          **parse_params(args.param))
     check_sparsity(args.sparsity, pruner)
     owl = OWLConfig(m=args.owl_m, lam=args.owl_lambda) if args.owl else None
-    calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
+    calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed,
+                                    image_size=args.calib_image_size)
     loaded = load_model(args.model)
     result = prune_model(loaded, pruner, args.sparsity, calibration, owl=owl)
     record = build_record(loaded, result)

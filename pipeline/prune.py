@@ -21,6 +21,8 @@ from pipeline.atomic import atomic_directory
 from pipeline.data import TextProtocol, calibration_samples, token_batches
 from pipeline.environment import describe, peak_rss_mb
 from pipeline.factorized import record_factorized
+from pipeline.images import fashion_mnist, pixel_batches
+from pipeline.slicing import record_sliced
 from pipeline.errors import SparseDeployError
 from pipeline.models import LoadedModel
 from pipeline.owl import OWLConfig, measure_outlier_ratios, owl_sparsities
@@ -31,29 +33,39 @@ from pipeline.sparsity_report import sparsity_report
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "prune_record.json"
+IMAGE_SOURCE = "fashion-mnist"
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
     """Calibration windows drawn from ``source``. The papers use 128 x 2048 tokens of C4;
     our default (64 x 512 = 32k tokens) keeps a 2-core prune of a 135M model within
-    minutes, and ``c4.utf8`` holds only ~78k tokens."""
+    minutes, and ``c4.utf8`` holds only ~78k tokens. Vision models calibrate on
+    ``samples`` Fashion-MNIST training images at ``image_size`` pixels."""
 
     source: str = "c4"
     samples: int = 64
     seq_len: int = 512
     seed: int = 0
     batch_size: int = 8
+    image_size: int = 224
 
     def __post_init__(self) -> None:
-        if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1:
+        if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1 or self.image_size < 1:
             raise SparseDeployError(
-                f"calibration needs samples >= 1, seq_len >= 2, batch_size >= 1 (got {self.samples}, "
-                f"{self.seq_len}, {self.batch_size})"
+                f"calibration needs samples >= 1, seq_len >= 2, batch_size >= 1, image_size >= 1 (got {self.samples}, "
+                f"{self.seq_len}, {self.batch_size}, {self.image_size})"
             )
 
     def protocol(self) -> TextProtocol:
         return TextProtocol(self.source, self.samples, self.seq_len, sampling="random", seed=self.seed)
+
+    def describe(self, kind: ModelKind) -> dict[str, Any]:
+        """What was calibrated on, for the record."""
+        if kind is ModelKind.VISION:
+            return {"source": self.source, "images": self.samples, "image_size": self.image_size, "seed": self.seed,
+                    "sampling": "random"}
+        return self.protocol().to_dict()
 
 
 @dataclass
@@ -61,7 +73,7 @@ class PruneResult:
     method: dict[str, Any]
     target_sparsity: float
     block_sparsity: list[float]
-    calibration: TextProtocol
+    calibration: dict[str, Any]
     owl: dict[str, Any] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -82,7 +94,11 @@ def check_sparsity(sparsity: float | None, pruner: Pruner) -> float:
 
 def calibration_batches(loaded: LoadedModel, calibration: CalibrationConfig) -> list[dict[str, Any]]:
     if loaded.spec.kind is ModelKind.VISION:
-        raise SparseDeployError("calibrating vision models from the CLI needs an image source (not supported yet)")
+        if calibration.source != IMAGE_SOURCE:
+            raise SparseDeployError(f"vision models calibrate on images: use the calibration source '{IMAGE_SOURCE}' "
+                                    f"(got '{calibration.source}')")
+        images = fashion_mnist("train", calibration.samples, calibration.seed).images
+        return pixel_batches(images, calibration.image_size, calibration.batch_size)
     ids = calibration_samples(loaded.tokenizer, calibration.source, calibration.samples, calibration.seq_len,
                               calibration.seed)
     return token_batches(ids, calibration.batch_size, causal_lm=loaded.spec.kind is ModelKind.CAUSAL_LM)
@@ -121,11 +137,12 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
 
     prune_start = time.perf_counter()
     calibrate_sequentially(loaded.model, batches, pruner.statistics, prune, description=pruner.name)
-    record_factorized(loaded.model)  # factorized layers (OATS) must be rebuilt on reload
+    record_sliced(loaded.model, loaded.spec)  # sliced shapes (OSSCAR) and factorized layers (OATS)
+    record_factorized(loaded.model)  # must be rebuilt on reload
     timings["prune_s"] = time.perf_counter() - prune_start
     timings["total_s"] = time.perf_counter() - start
     return PruneResult(method=pruner.config(), target_sparsity=target, block_sparsity=sparsities,
-                       calibration=calibration.protocol(), owl=owl_info, timings_s=timings)
+                       calibration=calibration.describe(loaded.spec.kind), owl=owl_info, timings_s=timings)
 
 
 def build_record(loaded: LoadedModel, result: PruneResult) -> dict[str, Any]:
@@ -138,7 +155,7 @@ def build_record(loaded: LoadedModel, result: PruneResult) -> dict[str, Any]:
             "allocation": "owl" if result.owl else "uniform",
             "owl": result.owl,
             "block_sparsity": result.block_sparsity,
-            "calibration": result.calibration.to_dict(),
+            "calibration": result.calibration,
         },
         "achieved": sparsity_report(loaded.model),
         "timings_s": result.timings_s,

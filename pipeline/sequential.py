@@ -20,9 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
-from pipeline.architectures import blocks_prefix, linear_layers, spec_for, transformer_blocks
+from pipeline.architectures import ArchitectureSpec, blocks_prefix, linear_layers, spec_for, transformer_blocks
 from pipeline.statistics import LayerStatistics, Statistic
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ class BlockContext:
 
     Layers fed by the same tensor (q/k/v, gate/up) share one statistics object.
     ``fused_rows`` names layers that hold several projections in one weight, with each
-    projection's row count (from the architecture spec).
+    projection's row count; ``architecture`` and ``config`` let structured methods find
+    neurons and heads (all from the architecture spec, so no method branches on a model type).
     """
 
     index: int
@@ -43,6 +44,8 @@ class BlockContext:
     layers: dict[str, nn.Linear]
     stats: dict[str, LayerStatistics]
     fused_rows: dict[str, list[int]] = field(default_factory=dict)
+    architecture: ArchitectureSpec | None = None
+    config: PretrainedConfig | None = None
 
 
 # visit(ctx) -> True when it changed the block (outputs must then be recomputed).
@@ -155,7 +158,8 @@ def calibrate_sequentially(
         inputs = _capture_first_block_inputs(model, batches)
         prefix = blocks_prefix(model)
         blocks = transformer_blocks(model)
-        fused = spec_for(model).fused_rows(model.config)
+        spec = spec_for(model)
+        fused = spec.fused_rows(model.config)
         for index in tqdm(range(len(blocks)), desc=description, unit="block", disable=None):
             block = blocks[index]
             layers = linear_layers(block)
@@ -163,7 +167,7 @@ def calibrate_sequentially(
                 stats, outputs = _collect(block, layers, inputs, statistics, gram_dtype)
             else:
                 stats, outputs = {}, None
-            changed = visit(BlockContext(index, f"{prefix}.{index}", block, layers, stats, fused))
+            changed = visit(BlockContext(index, f"{prefix}.{index}", block, layers, stats, fused, spec, model.config))
             if changed or outputs is None:
                 outputs = _run_block(blocks[index], inputs)
             inputs.hidden = outputs

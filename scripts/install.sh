@@ -4,6 +4,7 @@
 #
 #   scripts/install.sh main        .venv            (torch CPU, transformers, optimum, onnx, ...)
 #   scripts/install.sh deepsparse  .venv-deepsparse (deepsparse 1.8.0: numpy<2, onnx<1.15)
+#   scripts/install.sh datasets    Debian dataset-fashion-mnist (vision benchmark only; needs root or sudo)
 #
 # Every version comes from constraints/*.txt. torch is pinned to 2.13.0 exactly: an
 # unpinned torch resolves to the newest CUDA build (GBs of wheels).
@@ -43,8 +44,20 @@ install_deepsparse() {
         "import deepsparse, numpy; print(f'deepsparse venv ready: deepsparse {deepsparse.__version__}, numpy {numpy.__version__}')"
 }
 
+install_datasets() {  # Debian packages with evaluation data (vision benchmark only)
+    if [[ -d /usr/share/datasets/fashion-mnist ]]; then
+        echo "datasets ready: fashion-mnist"
+        return
+    fi
+    local sudo=()
+    [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get install -y --no-install-recommends dataset-fashion-mnist \
+        || { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends dataset-fashion-mnist; }
+}
+
 case "${1:-}" in
     main) install_main ;;
     deepsparse) install_deepsparse ;;
-    *) echo "usage: $0 main|deepsparse" >&2; exit 2 ;;
+    datasets) install_datasets ;;
+    *) echo "usage: $0 main|deepsparse|datasets" >&2; exit 2 ;;
 esac

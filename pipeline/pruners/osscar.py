@@ -1,0 +1,54 @@
+"""OSSCAR (Meng et al., ICML 2024): structured removal by combinatorial local search.
+
+For each block's MLP (neurons) and attention (heads / KV groups), the consumer layer's
+reconstruction problem is solved by :class:`pipeline.group_selection.GroupSelector`: greedy
+OBS removal ``step`` units at a time, then local search swapping ``swap`` units, then the
+exact least-squares refit of the kept columns. The shared structured base slices the chosen
+units out of the producers and the consumer. Defaults are the official code's: ridge 1e-2,
+10 neurons / 2 heads removed per greedy step, 30 local-search iterations swapping 10 neurons
+/ 5 heads.
+
+Both consumers are solved with the statistics of one calibration pass through the block (as
+SparseGPT treats all of a block's layers): the MLP's inputs are those of the block before
+its heads were removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.group_selection import GroupSelector
+from pipeline.pruners.structured import Choice, StructuredPruner
+from pipeline.statistics import LayerStatistics
+
+
+@dataclass
+class OSSCARPruner(StructuredPruner):
+    ridge: float = 1e-2
+    mlp_step: int = 10
+    head_step: int = 2
+    iterations: int = 30
+    mlp_swap: int = 10
+    head_swap: int = 5
+
+    name = "osscar"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ridge < 0 or min(self.mlp_step, self.head_step) < 1:
+            raise ValueError("ridge must be >= 0 and the greedy steps >= 1")
+        if self.iterations < 0 or min(self.mlp_swap, self.head_swap) < 0:
+            raise ValueError("iterations and swap sizes must be >= 0 (0 iterations: greedy only)")
+
+    def choose(self, weight: torch.Tensor, stats: LayerStatistics, unit_size: int, keep: int, kind: str) -> Choice:
+        selector = GroupSelector(weight, stats.hessian, unit_size, self.ridge)
+        step, swap = (self.mlp_step, self.mlp_swap) if kind == "mlp" else (self.head_step, self.head_swap)
+        selection = selector.select(keep, step, self.iterations, swap)
+        return Choice(selection.kept.nonzero().squeeze(1), selection.weight)
+
+    def config(self) -> dict:
+        return {**super().config(), "structures": self.structures, "ridge": self.ridge, "mlp_step": self.mlp_step,
+                "head_step": self.head_step, "iterations": self.iterations, "mlp_swap": self.mlp_swap,
+                "head_swap": self.head_swap}
