@@ -22,7 +22,7 @@ $(DS_VENV)/.stamp: constraints/deepsparse.txt scripts/install.sh
 	touch $@
 
 demo: install
-	$(BIN)/sparse-deploy demo --out $(DEMO_OUT) --overwrite
+	$(BIN)/sparse-deploy run recipes/demo.yaml --out $(DEMO_OUT)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -237,12 +237,13 @@ def _plot(rows: list[BenchRow], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def bench(artifacts: list[Path], s: BenchSettings, out: Path, allow_slower: bool = False) -> dict[str, Any]:
+def bench(artifacts: list[Path], s: BenchSettings, out: Path, allow_slower: bool = False,
+          labels: list[str] | None = None, title: str = "Latency") -> dict[str, Any]:
     """Measure, write the report, and fail when sparsity did not pay off in DeepSparse."""
     if "deepsparse" in s.runtimes and not deepsparse_runner.available():
         raise SparseDeployError("DeepSparse venv missing (run `make install`) or pass --runtime onnxruntime")
-    rows = measure(artifacts, s)
-    report = write_report(rows, s, out)
+    rows = measure(artifacts, s, labels)
+    report = write_report(rows, s, out, title=title)
     bad = report["sparse_not_faster_in_deepsparse"]
     if bad and not allow_slower:
         names = ", ".join(f"{t['artifact']} ({t['flavour']} {t['speedup']:.2f}x)" for t in bad)

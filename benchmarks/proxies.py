@@ -15,7 +15,7 @@ besides the measured end-to-end figure we report, each labelled as what it is:
 
     python -m benchmarks.proxies --proxy llama7b [--blocks 2] [--variant pruned=wanda:0.7:owl]
     python -m benchmarks.proxies --proxy phi3-mini --variant wanda-50=wanda:0.5 \\
-        --variant oats-50=oats:0.5:iterations=20 --baseline wanda-50 --out benchmarks/results/latency_oats_phi3
+        --variant oats-50=oats:0.5:iterations=20 --compare oats-50=wanda-50 --out benchmarks/results/latency_oats_phi3
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, PretrainedConfig
 
 from benchmarks.latency import BenchRow, BenchSettings, measure, write_report
@@ -119,23 +121,41 @@ def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> P
     return out
 
 
+def _artifact_dir(model_dir: Path) -> Path:
+    return model_dir.parent / "artifacts" / model_dir.name
+
+
 def artifact_for(model_dir: Path) -> Path:
-    out = model_dir.parent / "artifacts" / model_dir.name
+    out = _artifact_dir(model_dir)
     if not (out / "manifest.json").is_file():
         export_artifact(str(model_dir), out, overwrite=True)
     return out
 
 
+def variant_artifact(source: Path, variant: Variant, samples: int, seq_len: int, keep_model: bool) -> Path:
+    """The exported artifact of a pruned twin (cached). Without ``keep_model`` the pruned HF
+    directory is deleted once exported: a 7B-geometry proxy weighs ~2.7 GB per copy."""
+    model_dir = source.parent / f"{source.name}-{variant.directory_tag()}"
+    if (_artifact_dir(model_dir) / "manifest.json").is_file():
+        return _artifact_dir(model_dir)
+    artifact = artifact_for(prune_proxy(source, variant, samples, seq_len))
+    if not keep_model:
+        shutil.rmtree(model_dir)
+    return artifact
+
+
 def decomposition(rows: list[BenchRow], blocks: int, depth: int,
-                  baseline: str = "dense") -> tuple[list[dict[str, Any]], str]:
+                  baselines: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Per-block time and depth-extrapolated end-to-end speedups of every pruned variant, from
-    the head-only row; against dense, and against ``baseline`` when that is another variant."""
+    the head-only row; against dense, and against ``baselines[variant]`` (another variant:
+    OATS vs Wanda at the same compression) where given."""
+    baselines = baselines or {}
     table = []
     for flavour in sorted({r.flavour for r in rows}):
         for runtime in sorted({r.runtime for r in rows}):
             cell = {r.label: r.stats["median_ms"] for r in rows
                     if r.flavour == flavour and r.runtime == runtime and not r.error}
-            if not {"dense", "head-only", baseline} <= cell.keys():
+            if not {"dense", "head-only", *baselines.values()} <= cell.keys():
                 continue
             head = cell.pop("head-only")
             block = {k: (v - head) / blocks for k, v in cell.items()}
@@ -149,14 +169,15 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
                          "blocks_speedup": block["dense"] / block[label] if block[label] > 0 else None,
                          f"extrapolated_{depth}_blocks_ms": {"dense": e2e["dense"], label: e2e[label]},
                          "extrapolated_speedup": e2e["dense"] / e2e[label]}
-                if baseline != "dense" and label != baseline:
+                baseline = baselines.get(label)
+                if baseline is not None:
                     entry["vs_baseline"] = {"baseline": baseline,
                                             "blocks_speedup": block[baseline] / block[label] if block[label] > 0
                                             else None,
                                             "measured_speedup": cell[baseline] / cell[label],
                                             "extrapolated_speedup": e2e[baseline] / e2e[label]}
                 table.append(entry)
-    against = "" if baseline == "dense" else f" | decoder blocks vs {baseline} | extrapolated vs {baseline}"
+    against = " | decoder blocks vs baseline | extrapolated vs baseline" if baselines else ""
     lines = ["## Decomposition", "",
              f"Head-only = the same model with 0 blocks (embedding, final norm, lm_head). Block time = (proxy - "
              f"head-only) / {blocks}. Extrapolated = head-only + {depth} x block time: an estimate for the real "
@@ -171,9 +192,24 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
                 f"{fmt(t['blocks_speedup'])} | {t['measured_speedup']:.2f}x | {t['extrapolated_speedup']:.2f}x |")
         if against:
             vs = t.get("vs_baseline")
-            line += f" {fmt(vs['blocks_speedup'])} | {fmt(vs['extrapolated_speedup'])} |" if vs else " - | - |"
+            line += (f" {fmt(vs['blocks_speedup'])} (vs {vs['baseline']}) | {fmt(vs['extrapolated_speedup'])} |" if vs
+                     else " - | - |")
         lines.append(line)
     return table, "\n".join(lines)
+
+
+def _apply_recipe(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    allowed = {"proxy", "blocks", "variants", "compare", "out"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SparseDeployError(f"proxy recipe key '{unknown[0]}' is not known; allowed: {', '.join(sorted(allowed))}")
+    if data.get("proxy") not in PROXIES:
+        raise SparseDeployError(f"proxy recipe key 'proxy': expected one of {', '.join(PROXIES)}")
+    args.proxy = data["proxy"]
+    args.blocks = int(data.get("blocks", args.blocks))
+    args.variant = [Variant.parse(v) for v in data.get("variants", [])] or None
+    args.compare = list(data.get("compare", []))
+    args.out = Path(data["out"]) if "out" in data else args.out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--variant", action="append", type=Variant.parse, metavar="LABEL=METHOD:SPARSITY[:owl][:K=V]",
                         help="a pruned twin (repeatable; default: pruned=wanda:0.7:owl)")
-    parser.add_argument("--baseline", default="dense", help="variant label the others are also compared with")
+    parser.add_argument("--compare", action="append", default=[], metavar="VARIANT=BASELINE",
+                        help="also compare VARIANT with the variant BASELINE (repeatable), e.g. oats-50=wanda-50")
+    parser.add_argument("--keep-models", action="store_true", help="keep pruned HF directories after export")
     parser.add_argument("--calib-samples", type=int, default=16)
     parser.add_argument("--calib-seq-len", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -190,8 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=20)
     parser.add_argument("--runtime", default="deepsparse,onnxruntime")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--recipe", type=Path, help="a proxy recipe (recipes/proxies/*.yaml): proxy, blocks, "
+                        "variants, compare, out; command-line flags given explicitly are overridden by it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.recipe:
+        _apply_recipe(args, yaml.safe_load(args.recipe.read_text()))
 
     depth = PROXIES[args.proxy][1]
     dense_dir = build_proxy(args.proxy, args.blocks)
@@ -200,14 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels) or {"dense", "head-only"} & set(labels):
         raise SparseDeployError("variant labels must be unique and not 'dense' or 'head-only'")
-    if args.baseline not in {"dense", *labels}:
-        raise SparseDeployError(f"--baseline {args.baseline} is not one of the variants")
-    pruned_dirs = [prune_proxy(dense_dir, v, args.calib_samples, args.calib_seq_len) for v in variants]
-    artifacts = [artifact_for(d) for d in (dense_dir, *pruned_dirs, head_dir)]
+    baselines = dict(pair.split("=", 1) for pair in args.compare if "=" in pair)
+    if len(baselines) != len(args.compare) or not set(baselines) | set(baselines.values()) <= set(labels):
+        raise SparseDeployError(f"--compare takes VARIANT=BASELINE pairs of variant labels ({', '.join(labels)})")
+    pruned = [variant_artifact(dense_dir, v, args.calib_samples, args.calib_seq_len, args.keep_models)
+              for v in variants]
+    artifacts = [artifact_for(dense_dir), *pruned, artifact_for(head_dir)]
     settings = BenchSettings(seq_len=args.seq_len, past=args.past, repetitions=args.repetitions,
                              runtimes=tuple(args.runtime.split(",")))
     rows = measure(artifacts, settings, labels=["dense", *labels, "head-only"])
-    table, section = decomposition(rows, args.blocks, depth, args.baseline)
+    table, section = decomposition(rows, args.blocks, depth, baselines)
     recipes = "; ".join(f"{v.label}: {v.describe()}" for v in variants)
     out = args.out or RESULTS / f"latency_{args.proxy}_proxy"
     report = write_report(rows, settings, out, title=f"Latency: {args.proxy} geometry proxy ({args.blocks} blocks, "

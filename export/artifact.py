@@ -5,6 +5,7 @@
       prefill/model.onnx (+ data)      whole-sequence graph without cache (LLMs only)
       config.json, tokenizer files     what optimum's ORTModelForCausalLM needs to load ART
       manifest.json                    weights' sparsity, recipe, parity, versions, sha256 of every file
+      parity/<flavour>.npz             fixed inputs + torch outputs: `sparse-deploy verify` re-checks the graphs
 
 Encoders and vision models get one ``model.onnx``. The directory is written atomically and
 only when parity passes.
@@ -25,7 +26,7 @@ import onnx
 
 from export.graphs import IR_VERSION, OPSET, export_graph, make_deepsparse_compatible
 from export.metadata import write_metadata
-from export.parity import Tolerance, logits_parity, perplexity_parity
+from export.parity import Tolerance, check_reference, perplexity_parity, reference_outputs
 from export.weights import rename_weight_initializers, weight_report
 from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory, check_destination
@@ -38,6 +39,7 @@ from pipeline.prune import RECORD_FILE
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+PARITY_DIR = "parity"  # fixed inputs and torch outputs per flavour, for `sparse-deploy verify`
 FORMAT = "sparse-deploy-artifact/1"
 EXTERNAL_DATA_ABOVE = 1 << 30  # bytes of initializers; protobuf caps a file at 2 GiB
 
@@ -130,7 +132,9 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
         for flavour, rel in FLAVOURS[loaded.spec.kind].items():
             log.info("exporting %s graph", flavour)
             written = _write_graph(loaded, flavour, tmp / rel, common)
-            parity[flavour] = logits_parity(loaded.model, flavour, tmp / rel, tolerance)
+            reference = reference_outputs(loaded.model, flavour, tmp / rel)
+            reference.save(tmp / PARITY_DIR / f"{flavour}.npz")
+            parity[flavour] = check_reference(tmp / rel, reference, tolerance)
             flavours[flavour] = {"file": rel, **written["io"], "note": _FLAVOUR_NOTES[flavour],
                                  "runtimes": ["onnxruntime", "deepsparse"]}
             weights = weights or written["weights"]  # every flavour holds the same weights

@@ -45,8 +45,41 @@ def _compare(got: list[np.ndarray], want: list[torch.Tensor], names: list[str], 
     return worst
 
 
+@dataclass
+class Reference:
+    """Fixed inputs and the torch model's outputs for them: stored in the artifact
+    (``parity/<flavour>.npz``) so that ``sparse-deploy verify`` can re-check the graph
+    without the torch model."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **{f"input/{k}": v for k, v in self.inputs.items()},
+                     **{f"output/{k}": v for k, v in self.outputs.items()})
+
+    @classmethod
+    def load(cls, path: Path) -> "Reference":
+        with np.load(path) as data:
+            split = {kind: {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(kind + "/")}
+                     for kind in ("input", "output")}
+        return cls(split["input"], split["output"])
+
+
+def check_reference(path: Path, reference: Reference, tol: Tolerance) -> dict[str, Any]:
+    """Run the graph at ``path`` in ONNX Runtime on the reference inputs and compare."""
+    sess = session(path)
+    names = [o.name for o in sess.get_outputs()]
+    got = run(sess, reference.inputs)
+    want = [torch.from_numpy(reference.outputs[n]) for n in names]
+    return {**_compare(got, want, names, tol), "inputs": {k: list(v.shape) for k, v in reference.inputs.items()}}
+
+
 @torch.no_grad()
-def logits_parity(model: PreTrainedModel, flavour: str, path: Path, tol: Tolerance) -> dict[str, Any]:
+def reference_outputs(model: PreTrainedModel, flavour: str, path: Path) -> Reference:
+    """Fixed inputs for ``flavour`` and what the torch model computes on them."""
     sess = session(path)
     outputs = [o.name for o in sess.get_outputs()]
     with table_rotary(model):  # the same arithmetic the graph does
@@ -63,8 +96,8 @@ def logits_parity(model: PreTrainedModel, flavour: str, path: Path, tol: Toleran
             x = (torch.randn(*shape) if name == "pixel_values"
                  else torch.randint(3, 1000, (2, 16)))
             feeds, want = {name: x}, (EncoderGraph(model, name)(x),)
-    got = run(sess, {k: v.numpy() for k, v in feeds.items()})
-    return {**_compare(got, list(want), outputs, tol), "inputs": {k: list(v.shape) for k, v in feeds.items()}}
+    return Reference({k: v.numpy() for k, v in feeds.items()},
+                     {n: w.detach().numpy() for n, w in zip(outputs, want)})
 
 
 def perplexity_parity(model: PreTrainedModel, tokenizer: Any, prefill_path: Path, tol: Tolerance,

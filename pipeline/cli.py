@@ -62,10 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the full result as JSON")
     _add_eval_args(e)
 
-    d = sub.add_parser("demo", help="prune the packaged smollm2-135m (OWL+Wanda 50%%) and compare perplexity")
-    d.add_argument("--out", type=Path, default=Path("out/demo"))
-    d.add_argument("--overwrite", action="store_true")
-    _add_eval_args(d, windows=16)
+    d = sub.add_parser("demo", help="run recipes/demo.yaml: smollm2-135m, OWL+Wanda 50%%, end to end")
+    d.add_argument("--out", type=Path, default=Path("out/demo"), help="run directory (finished stages are reused)")
 
     x = sub.add_parser("export", help="export a (pruned) model to an ONNX artifact with sparsity metadata")
     x.add_argument("--model", required=True, help="pruned model directory, named model or Hugging Face id")
@@ -86,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("out/bench"), help="report directory")
     b.add_argument("--allow-slower", action="store_true",
                    help="do not fail when a sparse artifact is not faster than dense in DeepSparse")
+
+    v = sub.add_parser("verify", help="re-check an artifact's file hashes and its graphs' parity (exit 1 on mismatch)")
+    v.add_argument("artifact", type=Path)
+
+    r = sub.add_parser("run", help="run a recipe: prune -> evaluate -> export -> benchmark -> report, resumable")
+    r.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    r.add_argument("--out", required=True, type=Path, help="run directory (stages are cached there)")
 
     sub.add_parser("models", help="list the named offline models")
     return parser
@@ -126,9 +131,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from pipeline.demo import run_demo
+    from pipeline.run import DEMO_RECIPE, run_recipe
 
-    run_demo(args.out, args.overwrite, args.eval_source, args.eval_windows, args.eval_seq_len)
+    report = run_recipe(DEMO_RECIPE, args.out)
+    print("\n".join(report["summary"]))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -153,6 +159,24 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     log.info("report: %s", args.out / "latency.md")
 
 
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from export.verify import verify_artifact
+
+    result = verify_artifact(args.artifact)
+    for flavour, check in result.parity.items():
+        log.info("%s: max abs error %.3g vs stored torch outputs", flavour, check["max_abs_error"])
+    if not result.ok:
+        raise VerificationFailed("; ".join(result.problems))
+    log.info("%s verified: hashes and parity hold", args.artifact)
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from pipeline.run import run_recipe
+
+    report = run_recipe(args.recipe, args.out)
+    print("\n".join(report["summary"]))
+
+
 def _cmd_models(_args: argparse.Namespace) -> None:
     from pipeline.models import NAMED_MODELS
 
@@ -160,8 +184,12 @@ def _cmd_models(_args: argparse.Namespace) -> None:
         print(f"{model.name:14s} {model.description}")
 
 
+class VerificationFailed(SparseDeployError):
+    """An artifact that does not match its manifest (exit status 1, not a usage error)."""
+
+
 _COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "export": _cmd_export, "bench": _cmd_bench,
-             "demo": _cmd_demo, "models": _cmd_models}
+             "demo": _cmd_demo, "models": _cmd_models, "verify": _cmd_verify, "run": _cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         _COMMANDS[args.command](args)
+    except VerificationFailed as exc:
+        print(f"sparse-deploy: verification failed: {exc}", file=sys.stderr)
+        return 1
     except SparseDeployError as exc:
         print(f"sparse-deploy: error: {exc}", file=sys.stderr)
         return 2

@@ -42,11 +42,11 @@ def test_decomposition_separates_head_and_blocks():
 
 def test_decomposition_compares_variants_with_a_baseline_variant():
     rows = [_row("dense", 0.0, 21.0), _row("wanda", 0.5, 17.0), _row("oats", 0.5, 13.0), _row("head-only", 0.0, 1.0)]
-    table, text = decomposition(rows, blocks=2, depth=32, baseline="wanda")
+    table, text = decomposition(rows, blocks=2, depth=32, baselines={"oats": "wanda"})
     by_variant = {t["variant"]: t for t in table}
     assert by_variant["oats"]["vs_baseline"]["blocks_speedup"] == pytest.approx(8 / 6)
     assert by_variant["oats"]["blocks_speedup"] == pytest.approx(10 / 6)
-    assert "vs_baseline" not in by_variant["wanda"] and "vs wanda" in text
+    assert "vs_baseline" not in by_variant["wanda"] and "(vs wanda)" in text
 
 
 def test_block_sparsity_counts_low_rank_factors_against_the_dense_weight():
@@ -89,3 +89,22 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
 def test_bench_on_a_non_artifact_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "is not an artifact" in capsys.readouterr().err
+
+
+def test_proxy_recipes_parse():
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from benchmarks.proxies import _apply_recipe
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes" / "proxies").glob("*.yaml"))
+    assert len(recipes) >= 4
+    for recipe in recipes:
+        args = argparse.Namespace(proxy="llama7b", blocks=2, variant=None, compare=[], out=None)
+        _apply_recipe(args, yaml.safe_load(recipe.read_text()))
+        labels = {v.label for v in args.variant}
+        assert all(pair.split("=")[0] in labels and pair.split("=")[1] in labels for pair in args.compare)
+    with pytest.raises(SparseDeployError, match="'variantz'"):
+        _apply_recipe(argparse.Namespace(), {"proxy": "llama7b", "variantz": []})

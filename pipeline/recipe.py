@@ -1,0 +1,225 @@
+"""Recipes: the whole pipeline as data, validated before anything runs.
+
+    name: demo
+    model: smollm2-135m
+    calibration: {source: c4, samples: 64, seq_len: 512, seed: 0}
+    prune:                          # applied in order (OSSCAR then OATS, ...)
+      - {method: wanda, sparsity: 0.5, owl: {m: 5, lam: 0.08}}
+    evaluate: {source: wiki, windows: 16, seq_len: 512}
+    export: {parity_windows: 4, parity_seq_len: 256}
+    benchmark: {runtimes: [deepsparse, onnxruntime], seq_len: 128, past: 127, repetitions: 10}
+
+Every error names the offending key (``prune[1].sparsity``) and what is allowed; method
+parameters are checked by building the pruner. The resolved recipe (defaults filled in) is
+what the run fingerprints and saves with the artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.latency import RUNTIMES
+from pipeline.errors import SparseDeployError
+from pipeline.pruners import PRUNERS, build_pruner
+
+
+class RecipeError(SparseDeployError):
+    pass
+
+
+@dataclass(frozen=True)
+class Calibration:
+    source: str = "c4"
+    samples: int = 64
+    seq_len: int = 512
+    seed: int = 0
+    batch_size: int = 8
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class OWL:
+    m: float = 5.0
+    lam: float = 0.08
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    method: str
+    sparsity: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    owl: OWL | None = None
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """Causal LMs: held-out perplexity. Vision: k-NN top-1 on Fashion-MNIST."""
+
+    source: str = "wiki"
+    windows: int = 16
+    seq_len: int = 512
+    train_images: int = 1000
+    test_images: int = 500
+    image_size: int = 112
+
+
+@dataclass(frozen=True)
+class Export:
+    parity_windows: int = 4
+    parity_seq_len: int = 256
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    runtimes: tuple[str, ...] = RUNTIMES
+    seq_len: int = 128
+    past: int = 127
+    batch: int = 1
+    threads: int | None = None
+    warmup: int = 3
+    repetitions: int = 10
+    allow_slower: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: str
+    prune: tuple[PruneStep, ...]
+    calibration: Calibration = Calibration()
+    evaluate: Evaluate | None = Evaluate()
+    export: Export = Export()
+    benchmark: Benchmark | None = Benchmark()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+ZERO_ALLOWED = (".past", ".warmup", ".seed")  # integer keys that may be 0; the others must be >= 1
+
+
+# -- validation -----------------------------------------------------------------------------
+def _fail(key: str, message: str) -> RecipeError:
+    return RecipeError(f"recipe key '{key}': {message}")
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(key, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _section(cls: type, value: Any, key: str) -> Any:
+    """A dataclass from a mapping: unknown keys and wrong types are errors naming the key."""
+    data = _mapping(value if value is not None else {}, key)
+    allowed = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise _fail(f"{key}.{unknown[0]}", f"not a known key; allowed: {', '.join(allowed)}")
+    values = {}
+    for name, item in data.items():
+        default = allowed[name].default
+        values[name] = _typed(item, default, f"{key}.{name}")
+    return cls(**values)
+
+
+def _typed(item: Any, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(item, bool):
+            raise _fail(key, f"expected true or false, got {item!r}")
+        return item
+    if isinstance(default, int) or (default is None and key.endswith("threads")):
+        least = 0 if key.endswith(ZERO_ALLOWED) else 1
+        if isinstance(item, bool) or not isinstance(item, int) or item < least:
+            raise _fail(key, f"expected an integer >= {least}, got {item!r}")
+        return item
+    if isinstance(default, float):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise _fail(key, f"expected a number, got {item!r}")
+        return float(item)
+    if isinstance(default, str):
+        if not isinstance(item, str):
+            raise _fail(key, f"expected a string, got {item!r}")
+        return item
+    if isinstance(default, tuple):  # runtimes
+        items = [item] if isinstance(item, str) else item
+        if not isinstance(items, list) or not items or any(r not in RUNTIMES for r in items):
+            raise _fail(key, f"expected a list of runtimes from {', '.join(RUNTIMES)}, got {item!r}")
+        return tuple(items)
+    return item
+
+
+def _prune_step(value: Any, key: str) -> PruneStep:
+    data = dict(_mapping(value, key))
+    allowed = ("method", "sparsity", "params", "owl")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise _fail(f"{key}.{unknown[0]}", f"not a known key; allowed: {', '.join(allowed)}")
+    method = data.get("method")
+    if method not in PRUNERS:
+        raise _fail(f"{key}.method", f"expected one of {', '.join(sorted(PRUNERS))}, got {method!r}")
+    sparsity = data.get("sparsity")
+    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                                 or not 0 <= sparsity < 1):
+        raise _fail(f"{key}.sparsity", f"expected a number in [0, 1), got {sparsity!r}")
+    params = _mapping(data.get("params", {}) or {}, f"{key}.params")
+    try:
+        pruner = build_pruner(method, **params)
+    except SparseDeployError as exc:
+        raise _fail(f"{key}.params", str(exc)) from None
+    implied = pruner.implied_sparsity()
+    if sparsity is None and implied is None:
+        raise _fail(f"{key}.sparsity", "missing (only an N:M pattern implies it)")
+    if sparsity is not None and implied is not None and abs(sparsity - implied) > 1e-9:
+        raise _fail(f"{key}.sparsity", f"{sparsity} contradicts the pattern, which implies {implied:g}")
+    owl = data.get("owl")
+    if owl is True:
+        owl = {}
+    return PruneStep(method, None if sparsity is None else float(sparsity), dict(params),
+                     None if owl in (None, False) else _section(OWL, owl, f"{key}.owl"))
+
+
+def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
+    data = _mapping(data, "<top>")
+    allowed = [f.name for f in fields(Recipe)]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise _fail(unknown[0], f"not a known key; allowed: {', '.join(allowed)}")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _fail("model", "expected a named model, a local directory or a Hugging Face id")
+    steps = data.get("prune")
+    if not isinstance(steps, list) or not steps:
+        raise _fail("prune", "expected a non-empty list of steps ({method, sparsity, params, owl})")
+    return Recipe(
+        name=str(data.get("name", name)),
+        model=model,
+        prune=tuple(_prune_step(step, f"prune[{i}]") for i, step in enumerate(steps)),
+        calibration=_section(Calibration, data.get("calibration"), "calibration"),
+        evaluate=None if data.get("evaluate", {}) is False else _section(Evaluate, data.get("evaluate"), "evaluate"),
+        export=_section(Export, data.get("export"), "export"),
+        benchmark=None if data.get("benchmark", {}) is False else _section(Benchmark, data.get("benchmark"),
+                                                                            "benchmark"),
+    )
+
+
+def load_recipe(path: Path) -> Recipe:
+    if not path.is_file():
+        raise RecipeError(f"no recipe at {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_recipe(data, path.stem)

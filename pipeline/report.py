@@ -1,0 +1,192 @@
+"""The hand-off a serving team receives: the pruned artifact plus report and model card.
+
+``assemble_artifact`` copies the exported artifact, adds ``report.json`` / ``report.md``
+(quality and latency, dense vs pruned, per runtime, with hardware and versions), the plots,
+``MODEL_CARD.md`` (what was done, on what data, how to load it in ONNX Runtime and
+DeepSparse, known limits) and the resolved ``recipe.yaml``, then re-hashes every file into
+the manifest so that ``sparse-deploy verify`` covers them too. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from export.artifact import MANIFEST, sha256
+from pipeline.atomic import atomic_directory
+from pipeline.environment import describe
+from pipeline.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def _latency_table(bench: dict[str, Any] | None) -> dict[str, dict[str, dict[str, float]]]:
+    """flavour -> runtime -> {dense_ms, pruned_ms, speedup}."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for row in (bench or {}).get("rows", []):
+        if row["error"]:
+            continue
+        cell = table.setdefault(row["flavour"], {}).setdefault(row["runtime"], {})
+        cell[f"{row['label']}_ms"] = row["stats"]["median_ms"]
+    for runtimes in table.values():
+        for cell in runtimes.values():
+            if "dense_ms" in cell and "pruned_ms" in cell:
+                cell["speedup"] = cell["dense_ms"] / cell["pruned_ms"]
+    return table
+
+
+def summary_lines(report: dict[str, Any], artifact: Path) -> list[str]:
+    """The three lines ``make demo`` ends with (after where things are)."""
+    lines = [f"artifact: {artifact}   report: {artifact / 'report.md'}   card: {artifact / 'MODEL_CARD.md'}"]
+    q = report.get("quality")
+    if q and q["metric"]:
+        lines.append(f"{q['metric']}: dense {q['dense']:.4g} -> pruned {q['pruned']:.4g}")
+    main = "decode" if "decode" in report["latency"] else next(iter(report["latency"]), None)
+    if main:
+        cells = [f"{rt} {c['dense_ms']:.2f} -> {c['pruned_ms']:.2f} ms ({c.get('speedup', float('nan')):.2f}x)"
+                 for rt, c in report["latency"][main].items() if "dense_ms" in c and "pruned_ms" in c]
+        lines.append(f"latency ({main}, median): " + "; ".join(cells))
+    return lines
+
+
+def _quality_plot(report: dict[str, Any], path: Path) -> bool:
+    q = report.get("quality")
+    if not q or q["metric"] is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    ax.bar(["dense", "pruned"], [q["dense"], q["pruned"]], color=["#777777", "#2a7ab9"])
+    ax.set_ylabel(q["metric"])
+    ax.set_title(f"{report['recipe']['name']}: quality")
+    for x, v in enumerate((q["dense"], q["pruned"])):
+        ax.annotate(f"{v:.4g}", (x, v), ha="center", va="bottom")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _steps_text(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for i, step in enumerate(report["steps"]):
+        r = step["recipe"]
+        params = {k: v for k, v in r.items() if k not in ("method", "target_sparsity", "allocation", "owl",
+                                                          "block_sparsity", "calibration")}
+        lines.append(f"{i + 1}. **{r['method']}** to {r['target_sparsity']:.0%} ({r['allocation']} allocation"
+                     f"{', OWL M=' + str(r['owl']['m']) + ' lambda=' + str(r['owl']['lam']) if r.get('owl') else ''}), "
+                     f"parameters `{json.dumps(params)}`; achieved sparsity of the blocks' weights "
+                     f"{step['achieved']['blocks_linear']['sparsity']:.2%}, blocks' stored parameters "
+                     f"{step['achieved']['blocks_linear']['params'] / 1e6:.2f}M, pruned in {step['timings_s']['total_s']:.0f} s.")
+    return lines
+
+
+def _report_md(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"# Report: {report['recipe']['name']}", "",
+             f"Model `{report['recipe']['model']}`; produced {report['produced']} on {env['cpu']} ({env['cores']} cores), "
+             f"torch {env['packages']['torch']}, onnxruntime {env['packages']['onnxruntime']}.", "", "## Pruning", "",
+             *_steps_text(report), ""]
+    q = report.get("quality")
+    if q and q["metric"]:
+        lines += ["## Quality", "", f"| | dense | pruned |", "|---|---|---|",
+                  f"| {q['metric']} | {q['dense']:.4g} | {q['pruned']:.4g} |", "",
+                  f"Protocol: `{json.dumps(q['protocol'])}`.", "", "![quality](quality.png)", ""]
+    if report["latency"]:
+        lines += ["## Latency (median ms)", "", "| graph | runtime | dense | pruned | speedup |", "|---|---|---|---|---|"]
+        for flavour, runtimes in report["latency"].items():
+            for runtime, c in runtimes.items():
+                lines.append(f"| {flavour} | {runtime} | {c.get('dense_ms', float('nan')):.2f} | "
+                             f"{c.get('pruned_ms', float('nan')):.2f} | {c.get('speedup', float('nan')):.2f}x |")
+        lines += ["", "Full protocol, spread and DeepSparse's native-op share: `latency.md`.", "",
+                  "![latency](latency.png)", ""]
+    return "\n".join(lines)
+
+
+def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
+    recipe = report["recipe"]
+    flavours = manifest["flavours"]
+    decode = "decode" in flavours
+    calib = recipe["calibration"]
+    q = report.get("quality")
+    lines = [f"# Model card: {recipe['name']}", "",
+             f"A pruned `{recipe['model']}` exported to ONNX by sparse-deploy.", "", "## What was done", "",
+             *_steps_text(report), "",
+             f"Calibration data: `{calib['source']}`, {calib['samples']} samples"
+             f"{' x ' + str(calib['seq_len']) + ' tokens' if decode else ''}, seed {calib['seed']}. "
+             "Sparsity and patterns of every weight, read from the file itself, are in `manifest.json`.", ""]
+    if q and q["metric"]:
+        lines += [f"Quality: {q['metric']} dense {q['dense']:.4g} -> pruned {q['pruned']:.4g} "
+                  f"(`{json.dumps(q['protocol'])}`).", ""]
+    lines += ["## How to load it", "", "ONNX Runtime (through optimum, with generation):" if decode else "ONNX Runtime:",
+              "", "```python"]
+    if decode:
+        lines += ["from optimum.onnxruntime import ORTModelForCausalLM", "from transformers import AutoTokenizer",
+                  'model = ORTModelForCausalLM.from_pretrained("ARTIFACT_DIR")',
+                  'tokenizer = AutoTokenizer.from_pretrained("ARTIFACT_DIR")',
+                  'ids = tokenizer("The capital of France is", return_tensors="pt")',
+                  "print(tokenizer.decode(model.generate(**ids, max_new_tokens=20)[0]))"]
+    else:
+        lines += ["import numpy as np, onnxruntime as ort",
+                  'session = ort.InferenceSession("ARTIFACT_DIR/model.onnx", providers=["CPUExecutionProvider"])',
+                  "name = session.get_inputs()[0].name",
+                  "print(session.run(None, {name: np.zeros((1, 3, 224, 224), np.float32)})[0].shape)"]
+    graph = "prefill/model.onnx" if decode else "model.onnx"
+    shape = "[[1, 128]]" if decode else "[[1, 3, 224, 224]]"
+    feed = "np.zeros((1, 128), np.int64)" if decode else "np.zeros((1, 3, 224, 224), np.float32)"
+    lines += ["```", "", "DeepSparse 1.8.0 (its own environment: numpy<2, onnx<1.15; set `NM_DISABLE_ANALYTICS=1`):", "",
+              "```python", "import numpy as np", "from deepsparse import Engine",
+              f'engine = Engine("ARTIFACT_DIR/{graph}", batch_size=1, input_shapes={shape})',
+              f"print(engine([{feed}])[0].shape)", "```", "",
+              "`sparse-deploy verify ARTIFACT_DIR` re-checks every file's sha256 and the graphs against the torch "
+              "outputs stored at export.", "", "## Known limits", "",
+              "- DeepSparse's licence allows evaluation and development use, not production serving.",
+              "- Unstructured zeros speed nothing up in ONNX Runtime; only DeepSparse's sparse kernels use them, and "
+              "on narrow layers or single-token decode they may not pay off (see the latency table, measured here).",
+              "- Perplexity is measured on packaged texts (not WikiText-2); compare dense vs pruned, not with papers.",
+              ]
+    if decode:
+        lines.append(f"- Positions up to `max_position_embeddings` (RoPE tables baked into the graph); KV cache in "
+                     "optimum's input/output names.")
+    return "\n".join(lines) + "\n"
+
+
+def assemble_artifact(recipe: Recipe, stages: dict[str, dict[str, Any]], pruned_art: Path, out: Path,
+                      print_: str) -> dict[str, Any]:
+    steps = [stages[k] for k in sorted(stages) if k.startswith("prune-")]
+    quality = None
+    if "evaluate" in stages:
+        dense, pruned = stages["evaluate-dense"], stages["evaluate"]
+        protocol = pruned["details"].get("protocol") if isinstance(pruned["details"], dict) else None
+        quality = {"metric": pruned["metric"], "dense": dense["value"], "pruned": pruned["value"],
+                   "protocol": protocol or {k: v for k, v in (pruned["details"] or {}).items() if k != "top1"}}
+    bench = stages.get("benchmark")
+    report = {"fingerprint": print_, "produced": time.strftime("%Y-%m-%d %H:%M"),
+              "recipe": recipe.to_dict(), "steps": [{k: s[k] for k in ("recipe", "achieved", "timings_s")} for s in steps],
+              "quality": quality, "latency": _latency_table(bench), "environment": describe()}
+    with atomic_directory(out, overwrite=True) as tmp:
+        shutil.copytree(pruned_art, tmp, dirs_exist_ok=True)
+        if bench:
+            for name in ("latency.md", "latency.json", "latency.png"):
+                shutil.copy2(Path(bench["dir"]) / name, tmp / name)
+        _quality_plot(report, tmp / "quality.png")
+        (tmp / "report.md").write_text(_report_md(report))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        manifest = json.loads((tmp / MANIFEST).read_text())
+        (tmp / "MODEL_CARD.md").write_text(_model_card(report, manifest))
+        manifest["recipe_pipeline"] = report["recipe"]
+        manifest["files"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*"))
+                             if p.is_file() and p.name != MANIFEST}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    report["summary"] = summary_lines(report, out)
+    return report

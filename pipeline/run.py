@@ -1,0 +1,177 @@
+"""``sparse-deploy run RECIPE --out DIR``: the whole pipeline, stage by stage, resumable.
+
+    DIR/stages/prune-0 .. prune-N   pruned HF directories (each step starts from the previous one)
+    DIR/stages/evaluate-dense, evaluate
+    DIR/stages/export-dense, export ONNX artifacts (parity-checked)
+    DIR/stages/benchmark            latency.{json,md,png}, dense vs pruned, every runtime
+    DIR/artifact                    the hand-off: the pruned artifact + report + MODEL_CARD.md + recipe.yaml
+
+Each stage is fingerprinted by its own settings and its inputs' fingerprints, and written
+atomically with the fingerprint in ``stage.json``. A repeated run skips every stage whose
+fingerprint still matches; a changed recipe redoes exactly the stages that depend on the
+change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from pipeline.architectures import ModelKind
+from pipeline.atomic import atomic_directory
+from pipeline.models import load_model
+from pipeline.recipe import Recipe, load_recipe
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_stage(out: Path, name: str, print_: str, produce: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``produce(tmp_dir) -> info`` unless ``out/stages/name`` already holds this
+    fingerprint; returns the stage's info (with its directory)."""
+    directory = out / "stages" / name
+    marker = directory / STAGE_FILE
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("fingerprint") == print_:
+            log.info("stage %s: up to date, skipped", name)
+            return {**done["info"], "dir": str(directory), "skipped": True}
+    log.info("stage %s: running", name)
+    started = time.perf_counter()
+    with atomic_directory(directory, overwrite=True) as tmp:
+        info = produce(tmp)
+        (tmp / STAGE_FILE).write_text(json.dumps({"fingerprint": print_, "seconds": time.perf_counter() - started,
+                                                  "info": info}, indent=2) + "\n")
+    return {**info, "dir": str(directory), "skipped": False}
+
+
+# -- the stages -----------------------------------------------------------------------------
+def _prune(source: str, step: Any, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
+    def produce(tmp: Path) -> dict[str, Any]:
+        from pipeline.owl import OWLConfig
+        from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
+        from pipeline.pruners import build_pruner
+
+        loaded = load_model(source)
+        calibration = CalibrationConfig(**asdict(recipe.calibration))
+        owl = OWLConfig(**asdict(step.owl)) if step.owl else None
+        result = prune_model(loaded, build_pruner(step.method, **step.params), step.sparsity, calibration, owl=owl)
+        record = build_record(loaded, result)
+        save_pruned(loaded, record, tmp / "model")
+        return {"recipe": record["recipe"], "achieved": {k: record["achieved"][k] for k in ("blocks_linear", "model")},
+                "timings_s": result.timings_s}
+
+    return produce
+
+
+def _evaluate(model_dir: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
+    def produce(_tmp: Path) -> dict[str, Any]:
+        loaded = load_model(model_dir)
+        e = recipe.evaluate
+        if loaded.spec.kind is ModelKind.VISION:
+            from pipeline.images import fashion_mnist
+            from pipeline.knn import knn_accuracy
+
+            train, test = fashion_mnist("train", e.train_images, seed=1), fashion_mnist("test", e.test_images, seed=2)
+            result = knn_accuracy(loaded.model, train.images, train.labels, test.images, test.labels, e.image_size)
+            return {"metric": "knn_top1", "value": result.top1, "details": result.to_dict()}
+        if loaded.spec.kind is ModelKind.CAUSAL_LM:
+            from pipeline.evaluate import perplexity
+
+            result = perplexity(loaded.model, loaded.tokenizer, e.source, e.windows, e.seq_len)
+            return {"metric": "perplexity", "value": result.perplexity, "details": result.to_dict()}
+        return {"metric": None, "value": None, "details": "no quality metric for text encoders"}
+
+    return produce
+
+
+def _export(model_dir: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
+    def produce(tmp: Path) -> dict[str, Any]:
+        from export.artifact import export_artifact
+
+        manifest = export_artifact(model_dir, tmp / "artifact", parity_windows=recipe.export.parity_windows,
+                                   parity_seq_len=recipe.export.parity_seq_len)
+        return {"parity": manifest["parity"], "flavours": list(manifest["flavours"])}
+
+    return produce
+
+
+def _benchmark(dense: Path, pruned: Path, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
+    def produce(tmp: Path) -> dict[str, Any]:
+        from benchmarks.latency import BenchSettings, bench
+
+        b = recipe.benchmark
+        settings = BenchSettings(seq_len=b.seq_len, past=b.past, batch=b.batch, threads=b.threads, warmup=b.warmup,
+                                 repetitions=b.repetitions, runtimes=b.runtimes)
+        report = bench([dense, pruned], settings, tmp, allow_slower=b.allow_slower, labels=["dense", "pruned"],
+                       title=f"Latency: {recipe.name}, dense vs pruned")
+        return {"rows": [{k: r[k] for k in ("label", "flavour", "runtime", "stats", "error")} for r in report["rows"]],
+                "speedups": report["speedups"]}
+
+    return produce
+
+
+# -- the run --------------------------------------------------------------------------------
+def run_recipe(path: Path, out: Path) -> dict[str, Any]:
+    """Validate ``path`` (before any compute), run or skip each stage, assemble the artifact."""
+    from pipeline.report import assemble_artifact, summary_lines
+
+    recipe = load_recipe(path)
+    resolved = recipe.to_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, dict[str, Any]] = {}
+
+    source, upstream = recipe.model, fingerprint("model", recipe.model)
+    for i, step in enumerate(recipe.prune):
+        upstream = fingerprint("prune", resolved["prune"][i], resolved["calibration"], upstream)
+        stages[f"prune-{i}"] = run_stage(out, f"prune-{i}", upstream, _prune(source, step, recipe))
+        source = str(Path(stages[f"prune-{i}"]["dir"]) / "model")
+    pruned_print = upstream
+    dense_print = fingerprint("model", recipe.model)
+
+    if recipe.evaluate is not None:
+        settings = resolved["evaluate"]
+        stages["evaluate-dense"] = run_stage(out, "evaluate-dense", fingerprint("evaluate", settings, dense_print),
+                                             _evaluate(recipe.model, recipe))
+        stages["evaluate"] = run_stage(out, "evaluate", fingerprint("evaluate", settings, pruned_print),
+                                       _evaluate(source, recipe))
+    export_settings = resolved["export"]
+    dense_export_print = fingerprint("export", export_settings, dense_print)
+    pruned_export_print = fingerprint("export", export_settings, pruned_print)
+    stages["export-dense"] = run_stage(out, "export-dense", dense_export_print, _export(recipe.model, recipe))
+    stages["export"] = run_stage(out, "export", pruned_export_print, _export(source, recipe))
+    dense_art = Path(stages["export-dense"]["dir"]) / "artifact"
+    pruned_art = Path(stages["export"]["dir"]) / "artifact"
+    if recipe.benchmark is not None:
+        stages["benchmark"] = run_stage(out, "benchmark",
+                                        fingerprint("benchmark", resolved["benchmark"], dense_export_print,
+                                                    pruned_export_print),
+                                        _benchmark(dense_art, pruned_art, recipe))
+
+    artifact = out / "artifact"
+    final_print = fingerprint("artifact", resolved, {k: v.get("dir") for k, v in stages.items()},
+                              [json.loads((Path(v["dir"]) / STAGE_FILE).read_text())["fingerprint"]
+                               for v in stages.values()])
+    marker = artifact / "report.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == final_print:
+        log.info("artifact up to date: %s", artifact)
+        summary = json.loads(marker.read_text())
+        summary["summary"] = summary_lines(summary, artifact)
+    else:
+        summary = assemble_artifact(recipe, stages, pruned_art, artifact, final_print)
+    (out / "recipe.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return summary
