@@ -24,6 +24,8 @@ import yaml
 
 from benchmarks.latency import RUNTIMES
 from pipeline.errors import SparseDeployError
+from pipeline.owl import OWLConfig
+from pipeline.prune import CalibrationConfig
 from pipeline.pruners import PRUNERS, build_pruner
 
 
@@ -32,27 +34,11 @@ class RecipeError(SparseDeployError):
 
 
 @dataclass(frozen=True)
-class Calibration:
-    source: str = "c4"
-    samples: int = 64
-    seq_len: int = 512
-    seed: int = 0
-    batch_size: int = 8
-    image_size: int = 224
-
-
-@dataclass(frozen=True)
-class OWL:
-    m: float = 5.0
-    lam: float = 0.08
-
-
-@dataclass(frozen=True)
 class PruneStep:
     method: str
     sparsity: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    owl: OWL | None = None
+    owl: OWLConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +76,7 @@ class Recipe:
     name: str
     model: str
     prune: tuple[PruneStep, ...]
-    calibration: Calibration = Calibration()
+    calibration: CalibrationConfig = CalibrationConfig()
     evaluate: Evaluate | None = Evaluate()
     export: Export = Export()
     benchmark: Benchmark | None = Benchmark()
@@ -188,7 +174,7 @@ def _prune_step(value: Any, key: str) -> PruneStep:
     if owl is True:
         owl = {}
     return PruneStep(method, None if sparsity is None else float(sparsity), dict(params),
-                     None if owl in (None, False) else _section(OWL, owl, f"{key}.owl"))
+                     None if owl in (None, False) else _section(OWLConfig, owl, f"{key}.owl"))
 
 
 def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
@@ -207,7 +193,7 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         name=str(data.get("name", name)),
         model=model,
         prune=tuple(_prune_step(step, f"prune[{i}]") for i, step in enumerate(steps)),
-        calibration=_section(Calibration, data.get("calibration"), "calibration"),
+        calibration=_section(CalibrationConfig, data.get("calibration"), "calibration"),
         evaluate=None if data.get("evaluate", {}) is False else _section(Evaluate, data.get("evaluate"), "evaluate"),
         export=_section(Export, data.get("export"), "export"),
         benchmark=None if data.get("benchmark", {}) is False else _section(Benchmark, data.get("benchmark"),

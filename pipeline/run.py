@@ -19,7 +19,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,14 +61,12 @@ def run_stage(out: Path, name: str, print_: str, produce: Callable[[Path], dict[
 # -- the stages -----------------------------------------------------------------------------
 def _prune(source: str, step: Any, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
     def produce(tmp: Path) -> dict[str, Any]:
-        from pipeline.owl import OWLConfig
-        from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
+        from pipeline.prune import build_record, prune_model, save_pruned
         from pipeline.pruners import build_pruner
 
         loaded = load_model(source)
-        calibration = CalibrationConfig(**asdict(recipe.calibration))
-        owl = OWLConfig(**asdict(step.owl)) if step.owl else None
-        result = prune_model(loaded, build_pruner(step.method, **step.params), step.sparsity, calibration, owl=owl)
+        result = prune_model(loaded, build_pruner(step.method, **step.params), step.sparsity, recipe.calibration,
+                             owl=step.owl)
         record = build_record(loaded, result)
         save_pruned(loaded, record, tmp / "model")
         return {"recipe": record["recipe"], "achieved": {k: record["achieved"][k] for k in ("blocks_linear", "model")},
