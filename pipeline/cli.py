@@ -92,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     r.add_argument("--out", required=True, type=Path, help="run directory (stages are cached there)")
 
-    sub.add_parser("models", help="list the named offline models")
+    m = sub.add_parser("models", help="list the named offline models")
+    m.add_argument("--materialize", action="store_true", help="build every named model into the cache now "
+                   "(dequantize / convert once; the Docker image bakes them in)")
     return parser
 
 
@@ -177,11 +179,12 @@ def _cmd_run(args: argparse.Namespace) -> None:
     print("\n".join(report["summary"]))
 
 
-def _cmd_models(_args: argparse.Namespace) -> None:
-    from pipeline.models import NAMED_MODELS
+def _cmd_models(args: argparse.Namespace) -> None:
+    from pipeline.models import NAMED_MODELS, resolve_model_dir
 
     for model in NAMED_MODELS.values():
-        print(f"{model.name:14s} {model.description}")
+        where = f"  -> {resolve_model_dir(model.name)}" if args.materialize else ""
+        print(f"{model.name:14s} {model.description}{where}")
 
 
 class VerificationFailed(SparseDeployError):
