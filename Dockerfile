@@ -15,6 +15,8 @@ ENV PIP_EXTRA_INDEX_URL=${TORCH_INDEX} \
     TOKENIZERS_PARALLELISM=false \
     HF_HUB_OFFLINE=1 \
     SPARSE_DEPLOY_CACHE=/opt/sparse-deploy/cache \
+    HF_HOME=/tmp/huggingface \
+    MPLCONFIGDIR=/tmp/matplotlib \
     PATH=/opt/sparse-deploy/.venv/bin:$PATH
 
 # Fashion-MNIST (vision evaluation) from Debian, pinned like everything else.

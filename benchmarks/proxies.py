@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -198,6 +200,27 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
     return table, "\n".join(lines)
 
 
+def artifact_sizes(artifacts: dict[str, Path]) -> tuple[dict[str, Any], str]:
+    """Stored parameters (and their non-zeros) of the decoder blocks, from the manifest, and
+    bytes on disk of the decode graph with its weights: what slicing (OSSCAR) shrinks and
+    unstructured zeros (stored dense in ONNX) do not."""
+    sizes = {}
+    for label, artifact in artifacts.items():
+        weights = json.loads((artifact / "manifest.json").read_text())["weights"]
+        blocks = [w for name, w in weights.items() if "layers." in name]
+        decode_bytes = sum(f.stat().st_size for f in artifact.iterdir() if f.is_file() and f.name.startswith("model.onnx"))
+        sizes[label] = {"block_params": sum(int(math.prod(w["shape"])) for w in blocks),
+                        "block_nonzeros": sum(w["nonzeros"] for w in blocks), "decode_graph_bytes": decode_bytes}
+    dense = sizes["dense"]
+    lines = ["## Parameters and size", "", "| artifact | decoder-block params | vs dense | non-zeros | decode graph on disk "
+             "| vs dense |", "|---|---|---|---|---|---|"]
+    for label, z in sizes.items():
+        lines.append(f"| {label} | {z['block_params'] / 1e6:.1f}M | {z['block_params'] / max(dense['block_params'], 1):.2f} | "
+                     f"{z['block_nonzeros'] / 1e6:.1f}M | {z['decode_graph_bytes'] / 2**30:.2f} GiB | "
+                     f"{z['decode_graph_bytes'] / dense['decode_graph_bytes']:.2f} |")
+    return sizes, "\n".join(lines)
+
+
 def _apply_recipe(args: argparse.Namespace, data: dict[str, Any]) -> None:
     allowed = {"proxy", "blocks", "variants", "compare", "out"}
     unknown = sorted(set(data) - allowed)
@@ -252,10 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                              runtimes=tuple(args.runtime.split(",")))
     rows = measure(artifacts, settings, labels=["dense", *labels, "head-only"])
     table, section = decomposition(rows, args.blocks, depth, baselines)
+    sizes, size_section = artifact_sizes(dict(zip(["dense", *labels, "head-only"], artifacts)))
     recipes = "; ".join(f"{v.label}: {v.describe()}" for v in variants)
     out = args.out or RESULTS / f"latency_{args.proxy}_proxy"
     report = write_report(rows, settings, out, title=f"Latency: {args.proxy} geometry proxy ({args.blocks} blocks, "
-                          f"random weights), dense vs {recipes}", extra={"decomposition": table, "sections": [section]})
+                          f"random weights), dense vs {recipes}",
+                          extra={"decomposition": table, "artifacts": sizes, "sections": [section, size_section]})
     log.info("wrote %s", out / "latency.md")
     return 1 if report["sparse_not_faster_in_deepsparse"] else 0
 
