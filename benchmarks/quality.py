@@ -36,7 +36,9 @@ def _oats_suite() -> list[dict[str, Any]]:
         pct = int(s * 100)
         configs += [{"name": f"{m}-{pct}", "method": m, "sparsity": s} for m in ("wanda", "sparsegpt")]
         configs += [{"name": f"oats-{pct}", "method": "oats", "sparsity": s, "params": OATS_PARAMS},
-                    {"name": f"owl-oats-{pct}", "method": "oats", "sparsity": s, "params": OATS_PARAMS, "owl": True}]
+                    {"name": f"owl-oats-{pct}", "method": "oats", "sparsity": s, "params": OATS_PARAMS, "owl": True},
+                    {"name": f"oats-{pct}-k30", "method": "oats", "sparsity": s,
+                     "params": {**OATS_PARAMS, "rank_ratio": 0.3}}]  # the paper's other rank ratio
     return configs
 
 
@@ -105,6 +107,7 @@ CLAIMS = [
     *((f"oats-{p}", f"{m}-{p}", f"OATS below {name} at {p}% compression (OATS's central claim)")
       for p in (50, 60) for m, name in (("wanda", "Wanda"), ("sparsegpt", "SparseGPT"))),
     *((f"owl-oats-{p}", f"oats-{p}", f"OATS+OWL below OATS at {p}%") for p in (50, 60)),
+    *((f"oats-{p}-k30", f"sparsegpt-{p}", f"OATS (rank ratio 0.3) below SparseGPT at {p}%") for p in (50, 60)),
     *((f"osscar-{t}", f"osscar-greedy-{t}", f"OSSCAR local search below OSSCAR greedy ({t})")
       for t in ("mlp25", "mlp50", "heads33")),
     *((f"osscar-greedy-{t}", f"norm-{t}", f"OSSCAR greedy below the norm baseline ({t})")
@@ -127,7 +130,7 @@ def _checks(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str) -> str:
+def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, notes: list[str] = ()) -> str:
     ev = rows[0]["eval"]["protocol"]
     calib = next((r["calibration"] for r in rows if "calibration" in r), {})
     lines = [
@@ -167,6 +170,8 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str) ->
             f"{'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} |"
         )
     lines += ["", "## Claims checked", "", *_checks(rows)]
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -179,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a config as JSON
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--render", action="store_true", help="rewrite the Markdown from the existing JSON")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace (or add) only the rows run now in the existing JSON; each row keeps its date")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     json_path, md_path = (args.out / f"{OUTPUT[args.suite]}.{ext}" for ext in ("json", "md"))
 
     if args.render:
         data = json.loads(json_path.read_text())
-        md_path.write_text(_markdown(data["rows"], data["environment"], data["measured"]))
+        md_path.write_text(_markdown(data["rows"], data["environment"], data["measured"], data.get("notes", [])))
         return 0
 
     if args.one:
@@ -205,13 +213,24 @@ def main(argv: list[str] | None = None) -> int:
         if child.returncode or not result:
             sys.stderr.write(child.stderr[-4000:])
             raise SystemExit(f"config {config['name']} failed")
-        rows.append(json.loads(result[-1][len("RESULT "):]))
+        rows.append({**json.loads(result[-1][len("RESULT "):]), "measured": time.strftime("%Y-%m-%d %H:%M")})
         logging.info("%s: perplexity %.2f", config["name"], rows[-1]["perplexity"])
 
     env, measured = describe(), time.strftime("%Y-%m-%d")
+    notes = list(args.note)
+    if args.merge and json_path.is_file():
+        fresh = {r["name"]: r for r in rows}
+        old = json.loads(json_path.read_text())["rows"]
+        notes = json.loads(json_path.read_text()).get("notes", []) + notes
+        order = [c["name"] for c in SUITES[args.suite]]
+        merged = {r["name"]: r for r in old} | fresh
+        rows = sorted(merged.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+        measured = f"{json.loads(json_path.read_text())['measured']} (rows re-run {time.strftime('%Y-%m-%d %H:%M')}: " \
+                   f"{', '.join(fresh)})"
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"measured": measured, "environment": env, "rows": rows}, indent=2) + "\n")
-    md_path.write_text(_markdown(rows, env, measured))
+    json_path.write_text(json.dumps({"measured": measured, "environment": env, "rows": rows, "notes": notes},
+                                    indent=2) + "\n")
+    md_path.write_text(_markdown(rows, env, measured, notes))
     logging.info("wrote %s", md_path)
     return 0
 
