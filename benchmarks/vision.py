@@ -86,20 +86,28 @@ def markdown(result: dict[str, Any]) -> str:
         f"- OATS: rank ratio {OATS_PARAMS['rank_ratio']}, {OATS_PARAMS['iterations']} iterations (the official ViT "
         "config); sparsity of OATS = compression (stored non-zeros incl. low-rank factors).",
         "",
-        "| config | target | achieved | k-NN top-1 | prune time (s) |",
-        "|---|---|---|---|---|",
+        "- Uncertainty: binomial standard error of a top-1 on the test subset, sqrt(p(1-p)/n); differences below "
+        "about two of them are not resolved by this probe.",
+        "",
+        "| config | target | achieved | k-NN top-1 | standard error | prune time (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         t = r.get("timings_s", {}).get("total_s")
+        se = (r["top1"] * (1 - r["top1"]) / r["knn"]["test"]) ** 0.5
         lines.append(f"| {r['name']} | {r.get('target', '-')} | {r['achieved_sparsity']:.4f} | {100 * r['top1']:.2f}% | "
-                     f"{'-' if t is None else f'{t:.0f}'} |")
+                     f"{100 * se:.2f} | {'-' if t is None else f'{t:.0f}'} |")
     by_name = {r["name"]: r["top1"] for r in rows}
     lines += ["", "## Claims checked", ""]
     for pct in (30, 40, 50):
         if f"oats-{pct}" in by_name and f"wanda-{pct}" in by_name:
             a, b = by_name[f"oats-{pct}"], by_name[f"wanda-{pct}"]
-            lines.append(f"- OATS above Wanda at {pct}%: {100 * a:.2f}% vs {100 * b:.2f}%: "
-                         f"**{'holds' if a > b else 'does not hold'}**")
+            se = ((a * (1 - a) + b * (1 - b)) / rows[0]["knn"]["test"]) ** 0.5
+            verdict = "holds" if a - b > 2 * se else "does not hold" if b - a > 2 * se else "not resolved (within 2 SE)"
+            lines.append(f"- OATS above Wanda at {pct}%: {100 * a:.2f}% vs {100 * b:.2f}% "
+                         f"(difference {100 * (a - b):+.2f}, SE {100 * se:.2f}): **{verdict}**")
+    if result.get("notes"):
+        lines += ["", "## Notes", "", *(f"- {n}" for n in result["notes"])]
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-images", type=int, default=256)
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--out", type=Path, default=RESULTS / "vision_dinov2s")
+    parser.add_argument("--render", action="store_true", help="rewrite the Markdown from the existing JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.render:
+        args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
+        return 0
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
