@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -52,6 +53,19 @@ def _crash_message(proc: subprocess.CompletedProcess) -> str:
     return f"{how}: {cause[:300]}"
 
 
+def _private_copy(model: Path, work: str) -> Path:
+    """Copy the graph (and its external-data files) into the work directory. DeepSparse's
+    ``Engine(..., input_shapes=...)`` rewrites the ONNX file it is given with fixed input
+    shapes, in place: compiling an artifact's own file would change it (its sha256 and its
+    dynamic axes) behind the manifest's back."""
+    target = Path(work, "graph")
+    target.mkdir()
+    for f in model.parent.iterdir():
+        if f.is_file() and f.name.startswith(model.name):  # model.onnx, model.onnx.data
+            shutil.copy2(f, target / f.name)
+    return target / model.name
+
+
 def run_deepsparse(model: str | Path, feeds: Mapping[str, np.ndarray], *, num_cores: int | None = None,
                    warmup: int = 0, repetitions: int = 0, want_outputs: bool = False,
                    timeout_s: float = 1800) -> DeepSparseResult:
@@ -60,7 +74,7 @@ def run_deepsparse(model: str | Path, feeds: Mapping[str, np.ndarray], *, num_co
     if not python.is_file():
         raise SparseDeployError(f"DeepSparse venv not found at {python} (run `make install`)")
     with tempfile.TemporaryDirectory(prefix="deepsparse-") as work:
-        request = {"model": str(Path(model).resolve()), "num_cores": num_cores, "warmup": warmup,
+        request = {"model": str(_private_copy(Path(model).resolve(), work)), "num_cores": num_cores, "warmup": warmup,
                    "repetitions": repetitions, "outputs": want_outputs}
         Path(work, "request.json").write_text(json.dumps(request))
         np.savez(Path(work, "inputs.npz"), *feeds.values())
