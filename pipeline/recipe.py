@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.latency import RUNTIMES
+from benchmarks.latency import RUNTIMES, BenchSettings
 from pipeline.errors import SparseDeployError
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig
@@ -60,13 +60,10 @@ class Export:
 
 
 @dataclass(frozen=True)
-class Benchmark:
-    runtimes: tuple[str, ...] = RUNTIMES
-    seq_len: int = 128
-    past: int = 127
-    batch: int = 1
-    threads: int | None = None
-    warmup: int = 3
+class Benchmark(BenchSettings):
+    """The latency settings of ``sparse-deploy bench`` (fewer repetitions by default), plus
+    whether a sparse artifact slower than dense in DeepSparse fails the run."""
+
     repetitions: int = 10
     allow_slower: bool = False
 

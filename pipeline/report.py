@@ -98,7 +98,7 @@ def _report_md(report: dict[str, Any]) -> str:
              *_steps_text(report), ""]
     q = report.get("quality")
     if q and q["metric"]:
-        lines += ["## Quality", "", f"| | dense | pruned |", "|---|---|---|",
+        lines += ["## Quality", "", "| | dense | pruned |", "|---|---|---|",
                   f"| {q['metric']} | {q['dense']:.4g} | {q['pruned']:.4g} |", "",
                   f"Protocol: `{json.dumps(q['protocol'])}`.", "", "![quality](quality.png)", ""]
     if report["latency"]:
@@ -155,7 +155,7 @@ def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
               "- Perplexity is measured on packaged texts (not WikiText-2); compare dense vs pruned, not with papers.",
               ]
     if decode:
-        lines.append(f"- Positions up to `max_position_embeddings` (RoPE tables baked into the graph); KV cache in "
+        lines.append("- Positions up to `max_position_embeddings` (RoPE tables baked into the graph); KV cache in "
                      "optimum's input/output names.")
     return "\n".join(lines) + "\n"
 

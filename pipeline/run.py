@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -109,12 +108,10 @@ def _export(model_dir: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
 
 def _benchmark(dense: Path, pruned: Path, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
     def produce(tmp: Path) -> dict[str, Any]:
-        from benchmarks.latency import BenchSettings, bench
+        from benchmarks.latency import bench
 
-        b = recipe.benchmark
-        settings = BenchSettings(seq_len=b.seq_len, past=b.past, batch=b.batch, threads=b.threads, warmup=b.warmup,
-                                 repetitions=b.repetitions, runtimes=b.runtimes)
-        report = bench([dense, pruned], settings, tmp, allow_slower=b.allow_slower, labels=["dense", "pruned"],
+        b = recipe.benchmark  # a BenchSettings with allow_slower
+        report = bench([dense, pruned], b, tmp, allow_slower=b.allow_slower, labels=["dense", "pruned"],
                        title=f"Latency: {recipe.name}, dense vs pruned")
         return {"rows": [{k: r[k] for k in ("label", "flavour", "runtime", "stats", "error")} for r in report["rows"]],
                 "speedups": report["speedups"]}
