@@ -1,13 +1,15 @@
 """Quality benchmark: held-out perplexity of smollm2-135m pruned by each method.
 
 Run on demand (``make bench-quality``), not in the test suite. Each configuration runs in
-its own child process so that its peak memory is its own. Two suites, each measured side by
+its own child process so that its peak memory is its own. Three suites, each measured side by
 side in one run:
 
 * ``baselines`` (~40 min on 2 cores): magnitude, Wanda, SparseGPT, OWL ->
   ``benchmarks/results/quality_smollm2.{json,md}``;
 * ``oats`` (~30 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression ->
-  ``benchmarks/results/quality_oats_smollm2.{json,md}``.
+  ``benchmarks/results/quality_oats_smollm2.{json,md}``;
+* ``osscar``: structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
+  50% of MLP neurons and of one KV group of heads -> ``benchmarks/results/quality_osscar_smollm2.{json,md}``.
 
     python -m benchmarks.quality [--suite oats] [--only NAME ...] [--eval-windows 32]
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.environment import describe
+from pipeline.pruners import Pruner, build_pruner
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,6 +74,12 @@ SUITES: dict[str, list[dict[str, Any]]] = {
 OUTPUT = {"baselines": "quality_smollm2", "oats": "quality_oats_smollm2", "osscar": "quality_osscar_smollm2"}
 
 
+def config_pruner(config: dict[str, Any]) -> Pruner:
+    """The pruner a suite configuration names; a pattern only where it gives one (structured methods take none)."""
+    pattern = {"pattern": config["pattern"]} if "pattern" in config else {}
+    return build_pruner(config["method"], **pattern, **config.get("params", {}))
+
+
 def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dict[str, Any]:
     """Prune and evaluate one configuration in this process."""
     from pipeline.environment import peak_rss_mb
@@ -78,18 +87,17 @@ def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dic
     from pipeline.models import DEFAULT_MODEL, load_model
     from pipeline.owl import OWLConfig
     from pipeline.prune import CalibrationConfig, prune_model
-    from pipeline.pruners import build_pruner
     from pipeline.sparsity_report import sparsity_report
 
     loaded = load_model(DEFAULT_MODEL)
     row: dict[str, Any] = {"name": config["name"]}
     if config.get("method"):
-        pruner = build_pruner(config["method"], pattern=config.get("pattern", "unstructured"),
-                              **config.get("params", {}))
+        pruner = config_pruner(config)
         owl = OWLConfig() if config.get("owl") else None
         result = prune_model(loaded, pruner, config.get("sparsity"), CalibrationConfig(), owl=owl)
         row.update(recipe=result.method, target=result.target_sparsity, timings_s=result.timings_s,
-                   calibration=result.calibration, block_sparsity=result.block_sparsity)
+                   calibration=result.calibration, block_sparsity=result.block_sparsity,
+                   diagnostics=result.diagnostics)
     report = sparsity_report(loaded.model)
     ppl = perplexity(loaded.model, loaded.tokenizer, "wiki", eval_windows, eval_seq_len)
     row.update(perplexity=ppl.perplexity, eval=ppl.to_dict(), achieved_sparsity=report["blocks_linear"]["sparsity"],
@@ -128,6 +136,27 @@ def _checks(rows: list[dict[str, Any]]) -> list[str]:
             t = by_name[name]["timings_s"]["total_s"]
             lines.append(f"- {name} prune under {limit:.0f} s: {t:.0f} s: **{'holds' if t < limit else 'does not hold'}**")
     return lines
+
+
+def _solver_section(rows: list[dict[str, Any]]) -> list[str]:
+    """What the local search did to the quantity it optimizes: the layer-wise reconstruction
+    error (objective minus the all-kept floor), summed over blocks, greedy start vs final."""
+    lines = []
+    for r in rows:
+        for kind in ("mlp", "heads"):
+            layers = [d[kind] for d in r.get("diagnostics") or [] if kind in d]
+            if not layers:
+                continue
+            greedy, final = sum(x["greedy"] for x in layers), sum(x["final"] for x in layers)
+            lines.append(f"| {r['name']} | {kind} | {len(layers)} | {greedy:.6g} | {final:.6g} | "
+                         f"{1 - final / greedy if greedy else 0:.2%} | {sum(x['swaps'] for x in layers)} |")
+    if not lines:
+        return []
+    return ["", "## Layer objective: greedy start vs after local search", "",
+            "Reconstruction error of the consumer layers (OSSCAR's objective minus its value with every unit "
+            "kept), summed over blocks; the local search accepts a swap only when it lowers this.", "",
+            "| config | units | layers | greedy | final | reduction | swaps accepted |",
+            "|---|---|---|---|---|---|---|", *lines]
 
 
 def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, notes: list[str] = ()) -> str:
@@ -169,7 +198,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
             f"{'-' if params is None else f'{params / 1e6:.2f}'} | {r['perplexity']:.2f} | "
             f"{'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} |"
         )
-    lines += ["", "## Claims checked", "", *_checks(rows)]
+    lines += [*_solver_section(rows), "", "## Claims checked", "", *_checks(rows)]
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"

@@ -33,12 +33,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class Selection:
     """The kept groups (bool per group), the refitted weight (``d_out x d_in``, removed
-    columns zero) and the objective after greedy removal and after each accepted swap."""
+    columns zero), the objective after greedy removal and after each accepted swap, and the
+    floor: the objective with every group kept. ``objective - floor`` is the reconstruction
+    error the removal costs (the objective itself is offset by a constant)."""
 
     kept: torch.Tensor
     weight: torch.Tensor
     objective: float
     history: list[float] = field(default_factory=list)
+    floor: float = 0.0
+
+    def excess(self) -> dict[str, float]:
+        """Reconstruction error after greedy removal and after local search, and the swaps accepted."""
+        return {"greedy": self.history[0] - self.floor, "final": self.objective - self.floor,
+                "swaps": len(self.history) - 1}
 
 
 class GroupSelector:
@@ -157,4 +165,5 @@ class GroupSelector:
             kept, history = self.local_search(kept, iterations, swap)
         wt, obj = self.refit(kept)
         log.debug("kept %d/%d groups, objective %.6g (%d accepted swaps)", keep, self.groups, obj, len(history) - 1)
-        return Selection(kept, wt.T.to(self.dtype).contiguous(), obj, history)
+        floor = self.refit(torch.ones_like(kept))[1]
+        return Selection(kept, wt.T.to(self.dtype).contiguous(), obj, history, floor)

@@ -76,6 +76,7 @@ class PruneResult:
     calibration: dict[str, Any]
     owl: dict[str, Any] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # per block, what the method reported
 
 
 def check_sparsity(sparsity: float | None, pruner: Pruner) -> float:
@@ -131,8 +132,12 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
     else:
         sparsities = [target] * n_blocks
 
+    diagnostics: list[dict[str, Any]] = []
+
     def prune(ctx: BlockContext) -> bool:
-        pruner.prune_block(ctx, sparsities[ctx.index])
+        reported = pruner.prune_block(ctx, sparsities[ctx.index])
+        if reported:
+            diagnostics.append({"block": ctx.index, **reported})
         return True
 
     prune_start = time.perf_counter()
@@ -142,7 +147,8 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
     timings["prune_s"] = time.perf_counter() - prune_start
     timings["total_s"] = time.perf_counter() - start
     return PruneResult(method=pruner.config(), target_sparsity=target, block_sparsity=sparsities,
-                       calibration=calibration.describe(loaded.spec.kind), owl=owl_info, timings_s=timings)
+                       calibration=calibration.describe(loaded.spec.kind), owl=owl_info, timings_s=timings,
+                       diagnostics=diagnostics)
 
 
 def build_record(loaded: LoadedModel, result: PruneResult) -> dict[str, Any]:
@@ -159,6 +165,7 @@ def build_record(loaded: LoadedModel, result: PruneResult) -> dict[str, Any]:
         },
         "achieved": sparsity_report(loaded.model),
         "timings_s": result.timings_s,
+        **({"diagnostics": result.diagnostics} if result.diagnostics else {}),
         "peak_rss_mb": peak_rss_mb(),
         "environment": describe(),
     }

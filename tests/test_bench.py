@@ -108,3 +108,15 @@ def test_proxy_recipes_parse():
         assert all(pair.split("=")[0] in labels and pair.split("=")[1] in labels for pair in args.compare)
     with pytest.raises(SparseDeployError, match="'variantz'"):
         _apply_recipe(argparse.Namespace(), {"proxy": "llama7b", "variantz": []})
+
+
+@pytest.mark.parametrize("suite", ["baselines", "oats", "osscar"])
+def test_quality_suites_build_their_pruners(suite):
+    """A misconfigured suite would otherwise fail only after the dense evaluation, minutes in."""
+    from benchmarks.quality import CLAIMS, SUITES, config_pruner
+
+    names = {c["name"] for c in SUITES[suite]}
+    for config in SUITES[suite]:
+        if config.get("method"):
+            assert config_pruner(config).name == config["method"]
+    assert any(better in names and worse in names for better, worse, _ in CLAIMS)

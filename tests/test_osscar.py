@@ -62,6 +62,8 @@ def test_local_search_never_increases_the_objective(selector, keep):
     assert searched.objective <= greedy.objective
     assert all(b < a for a, b in zip(searched.history, searched.history[1:]))
     assert searched.history[0] == pytest.approx(greedy.objective)
+    excess = searched.excess()  # reconstruction error above the all-kept floor, greedy start vs final
+    assert 0 <= excess["final"] <= excess["greedy"] and excess["swaps"] == len(searched.history) - 1
     assert int(searched.kept.sum()) == keep
     assert (searched.weight[:, ~searched.kept.repeat_interleave(2)] == 0).all()
 
@@ -131,7 +133,10 @@ def test_gqa_removes_whole_kv_groups_and_records_the_geometry(tmp_path):
     attention = loaded.model.model.layers[0].self_attn
     assert attention.q_proj.out_features == 32 and attention.k_proj.out_features == 16
     assert attention.v_proj.out_features == 16 and attention.o_proj.in_features == 32
-    save_pruned(loaded, build_record(loaded, result), tmp_path / "m")
+    record = build_record(loaded, result)
+    assert [d["block"] for d in record["diagnostics"]] == [0, 1, 2]  # the solver's objectives, per block
+    assert all(0 <= d["heads"]["final"] <= d["heads"]["greedy"] for d in record["diagnostics"])
+    save_pruned(loaded, record, tmp_path / "m")
     reloaded = load_model(str(tmp_path / "m"))
     assert KVGeometry.of(reloaded.model).kv_heads == (1, 1, 1)
     ids = torch.randint(3, 1000, (1, 10))

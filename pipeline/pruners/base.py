@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,8 +30,10 @@ class Pruner(ABC):
     statistics: ClassVar[frozenset[Statistic]]
 
     @abstractmethod
-    def prune_block(self, ctx: BlockContext, sparsity: float) -> None:
-        """Prune ``ctx.block`` to ``sparsity`` (in place or by replacing its modules)."""
+    def prune_block(self, ctx: BlockContext, sparsity: float) -> dict[str, Any] | None:
+        """Prune ``ctx.block`` to ``sparsity`` (in place or by replacing its modules). May
+        return what the method measured on the way (e.g. its solver's objectives): the engine
+        keeps it per block in the prune record, uninterpreted."""
 
     def check_model(self, layers: dict[str, nn.Linear]) -> None:
         """Reject a model the method cannot prune, before any compute (default: accept)."""

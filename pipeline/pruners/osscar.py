@@ -46,7 +46,7 @@ class OSSCARPruner(StructuredPruner):
         selector = GroupSelector(weight, stats.hessian, unit_size, self.ridge)
         step, swap = (self.mlp_step, self.mlp_swap) if kind == "mlp" else (self.head_step, self.head_swap)
         selection = selector.select(keep, step, self.iterations, swap)
-        return Choice(selection.kept.nonzero().squeeze(1), selection.weight)
+        return Choice(selection.kept.nonzero().squeeze(1), selection.weight, selection.excess())
 
     def config(self) -> dict:
         return {**super().config(), "structures": self.structures, "ridge": self.ridge, "mlp_step": self.mlp_step,

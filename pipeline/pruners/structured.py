@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,10 +29,12 @@ STRUCTURES = ("mlp", "heads", "mlp+heads")
 
 @dataclass
 class Choice:
-    """Kept unit indices (sorted) and, optionally, a refitted full-width consumer weight."""
+    """Kept unit indices (sorted), optionally a refitted full-width consumer weight, and what
+    the method measured while choosing (reported per block)."""
 
     kept: torch.Tensor
     consumer_weight: torch.Tensor | None = None
+    diagnostics: dict[str, Any] | None = None
 
 
 @dataclass
@@ -54,14 +56,17 @@ class StructuredPruner(Pruner):
         ``unit_size``) to keep; ``kind`` is "mlp" or "heads" (methods may use different
         step sizes)."""
 
-    def prune_block(self, ctx: BlockContext, sparsity: float) -> None:
+    def prune_block(self, ctx: BlockContext, sparsity: float) -> dict[str, Any] | None:
         spec = ctx.architecture
         if spec is None or spec.mlp is None or spec.attention is None:
             raise SparseDeployError(f"{self.name}: no structure layout for this architecture")
+        choices = {}
         if "heads" in self.structures:
-            self._prune_heads(ctx, spec.attention, sparsity)
+            choices["heads"] = self._prune_heads(ctx, spec.attention, sparsity)
         if "mlp" in self.structures:
-            self._prune_mlp(ctx, spec.mlp, sparsity)
+            choices["mlp"] = self._prune_mlp(ctx, spec.mlp, sparsity)
+        diagnostics = {kind: c.diagnostics for kind, c in choices.items() if c is not None and c.diagnostics}
+        return diagnostics or None
 
     def _keep_count(self, units: int, sparsity: float, what: str, block: str) -> int:
         if not 0 <= sparsity < 1:
@@ -71,19 +76,20 @@ class StructuredPruner(Pruner):
             raise SparseDeployError(f"removing {sparsity:.0%} of {units} {what} in {block} would remove them all")
         return keep
 
-    def _prune_mlp(self, ctx: BlockContext, layout: MLPLayout, sparsity: float) -> None:
+    def _prune_mlp(self, ctx: BlockContext, layout: MLPLayout, sparsity: float) -> Choice | None:
         consumer = ctx.block.get_submodule(layout.consumer)
         neurons = consumer.in_features
         keep = self._keep_count(neurons, sparsity, "MLP neurons", ctx.name)
         if keep == neurons:
-            return
+            return None
         choice = self.choose(consumer.weight.detach().float(), ctx.stats[layout.consumer], 1, keep, "mlp")
         keep_columns(ctx.block, layout.consumer, choice.kept, choice.consumer_weight)
         rows = torch.cat([choice.kept + half * neurons for half in range(layout.halves)])
         for producer in layout.producers:
             keep_rows(ctx.block, producer, rows)
+        return choice
 
-    def _prune_heads(self, ctx: BlockContext, layout: AttentionLayout, sparsity: float) -> None:
+    def _prune_heads(self, ctx: BlockContext, layout: AttentionLayout, sparsity: float) -> Choice | None:
         config = ctx.config
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -92,7 +98,7 @@ class StructuredPruner(Pruner):
         groups = consumer.in_features // (rep * head_dim)
         keep = self._keep_count(groups, sparsity, "KV groups" if rep > 1 else "heads", ctx.name)
         if keep == groups:
-            return
+            return None
         choice = self.choose(consumer.weight.detach().float(), ctx.stats[layout.consumer], rep * head_dim, keep,
                              "heads")
         q_rows = _unit_rows(choice.kept, rep * head_dim)
@@ -107,6 +113,7 @@ class StructuredPruner(Pruner):
         attention = ctx.block.get_submodule(layout.module)
         layout.set_heads(attention, keep * rep, keep)
         mark_heads(attention, keep * rep, keep)
+        return choice
 
 
 def _unit_rows(kept: torch.Tensor, size: int) -> torch.Tensor:
