@@ -56,6 +56,11 @@ def _osscar_suite() -> list[dict[str, Any]]:
              "params": {"structures": structures, "iterations": 0}},
             {"name": f"osscar-{tag}", "method": "osscar", "sparsity": share, "params": {"structures": structures}},
         ]
+    # A coarser greedy start (100 neurons per step instead of 10): does the local search recover from it?
+    coarse = {"structures": "mlp", "mlp_step": 100}
+    configs += [{"name": "osscar-greedy-mlp50-step100", "method": "osscar", "sparsity": 0.5,
+                 "params": {**coarse, "iterations": 0}},
+                {"name": "osscar-mlp50-step100", "method": "osscar", "sparsity": 0.5, "params": coarse}]
     return configs
 
 
@@ -120,6 +125,8 @@ CLAIMS = [
       for t in ("mlp25", "mlp50", "heads33")),
     *((f"osscar-greedy-{t}", f"norm-{t}", f"OSSCAR greedy below the norm baseline ({t})")
       for t in ("mlp25", "mlp50", "heads33")),
+    ("osscar-mlp50-step100", "osscar-greedy-mlp50-step100",
+     "OSSCAR local search below OSSCAR greedy from a coarse start (mlp50, 100 neurons per greedy step)"),
 ]
 TIME_LIMITS_S = {"wanda-70": 300.0, "oats-50": 300.0}
 
