@@ -8,7 +8,7 @@ side in one run:
   ``benchmarks/results/quality_smollm2.{json,md}``;
 * ``oats`` (~30 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
-* ``osscar``: structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
+* ``osscar`` (~40 min): structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
   50% of MLP neurons and of one KV group of heads -> ``benchmarks/results/quality_osscar_smollm2.{json,md}``.
 
     python -m benchmarks.quality [--suite oats] [--only NAME ...] [--eval-windows 32]
@@ -23,10 +23,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.environment import describe
-from pipeline.pruners import Pruner, build_pruner
+
+if TYPE_CHECKING:
+    from pipeline.pruners import Pruner
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -81,6 +83,8 @@ OUTPUT = {"baselines": "quality_smollm2", "oats": "quality_oats_smollm2", "ossca
 
 def config_pruner(config: dict[str, Any]) -> Pruner:
     """The pruner a suite configuration names; a pattern only where it gives one (structured methods take none)."""
+    from pipeline.pruners import build_pruner  # torch: only in the child processes, not the orchestrator
+
     pattern = {"pattern": config["pattern"]} if "pattern" in config else {}
     return build_pruner(config["method"], **pattern, **config.get("params", {}))
 
