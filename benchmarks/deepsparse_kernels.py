@@ -8,15 +8,22 @@ sparse cell compared with its dense twin in the same run:
   a decode step, 128 a prefill);
 * graph forms, at one row (a decode step): does the way the graph spells a Linear layer decide
   whether the sparse kernels pay? Gemm vs MatMul + Add, 2-D vs 3-D activations (the exported
-  decode graph feeds ``[batch, 1, hidden]``), LLaMA's gated MLP, and square 4096 layers.
+  decode graph feeds ``[batch, 1, hidden]``), LLaMA's gated MLP, and square 4096 layers;
+* OATS vs unstructured at equal compression: the same chain (as the decode graph spells it),
+  each layer either one MatMul with a share ρ of zeros (Wanda, SparseGPT) or OATS's
+  ``x·S + (x·V)·U`` with the same stored count (S sparser, two thin dense factors), for a range
+  of compressions at 1 and 128 rows. Where, if anywhere, can OATS's 1.37x over a comparably
+  pruned model come from on this machine's kernels?
 
-Writes ``benchmarks/results/deepsparse_kernels.{json,md}``.
+Writes ``benchmarks/results/deepsparse_kernels.{json,md}``; ``--only`` re-runs one sweep and
+keeps the others' committed results.
 
-    python -m benchmarks.deepsparse_kernels
+    python -m benchmarks.deepsparse_kernels [--only break-even|forms|compression]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -32,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.latency import summarize
 from pipeline.environment import describe
+from pipeline.pruners.oats import budget
 from runtime.deepsparse_runner import run_deepsparse
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,6 +47,9 @@ HIDDEN, INTERMEDIATE = 4096, 11008
 SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
 ROWS = (1, 16, 128)
 FORM_SPARSITIES = (0.0, 0.7, 0.9)
+COMPRESSIONS = (0.5, 0.6, 0.7, 0.8, 0.9)
+COMPRESSION_ROWS = (1, 128)
+RANK_RATIO = 0.25  # OATS's default κ (pipeline.pruners.oats)
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,13 @@ FORMS = (
 
 
 class _GraphBuilder:
-    """Accumulates nodes and random sparse initializers for one graph."""
+    """Accumulates nodes and random sparse initializers for one graph. ``sparsity`` is the
+    share of each layer's dense parameter count not stored: with ``rank_ratio`` κ > 0 the
+    layer is OATS-shaped (``pipeline.pruners.oats.budget`` splits what is kept between a sparse
+    term and rank-r factors), else one weight with that share of zeros."""
 
-    def __init__(self, form: Form, sparsity: float, seed: int = 0):
-        self.form, self.sparsity = form, sparsity
+    def __init__(self, form: Form, sparsity: float, seed: int = 0, rank_ratio: float = 0.0):
+        self.form, self.sparsity, self.rank_ratio = form, sparsity, rank_ratio
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -77,9 +91,15 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
-    def linear(self, name: str, x: str, d_in: int, d_out: int) -> str:
+    def weight(self, name: str, d_in: int, d_out: int, sparsity: float) -> np.ndarray:
         w = (self.rng.standard_normal((d_in, d_out)) * 0.02).astype(np.float32)
-        w[self.rng.random(w.shape) < self.sparsity] = 0.0
+        w[self.rng.random(w.shape) < sparsity] = 0.0
+        return w
+
+    def linear(self, name: str, x: str, d_in: int, d_out: int) -> str:
+        if self.rank_ratio > 0:
+            return self.sparse_plus_low_rank(name, x, d_in, d_out)
+        w = self.weight(name, d_in, d_out, self.sparsity)
         bias = numpy_helper.from_array(np.zeros(d_out, np.float32), f"{name}.b")
         if self.form.gemm:
             self.inits += [numpy_helper.from_array(np.ascontiguousarray(w.T), f"{name}.w"), bias]
@@ -90,6 +110,18 @@ class _GraphBuilder:
             self.inits.append(bias)
             y = self.node("Add", [y, f"{name}.b"], name)
         return y
+
+    def sparse_plus_low_rank(self, name: str, x: str, d_in: int, d_out: int) -> str:
+        """``x·S + (x·V)·U`` as the OATS export spells it (three MatMuls and an Add)."""
+        if self.form.gemm or self.form.bias:
+            raise ValueError("the OATS-shaped layer is spelled with plain MatMuls only")
+        b = budget(d_out, d_in, self.sparsity, self.rank_ratio)
+        for suffix, shape, sparsity in ((".s", (d_in, d_out), b.sparse_sparsity), (".v", (d_in, b.rank), 0.0),
+                                        (".u", (b.rank, d_out), 0.0)):
+            self.inits.append(numpy_helper.from_array(self.weight(name, *shape, sparsity), name + suffix))
+        sparse = self.node("MatMul", [x, f"{name}.s"], f"{name}.xs")
+        low = self.node("MatMul", [self.node("MatMul", [x, f"{name}.v"], f"{name}.xv"), f"{name}.u"], f"{name}.xvu")
+        return self.node("Add", [sparse, low], name)
 
     def layer(self, name: str, x: str, d_in: int, d_out: int) -> str:
         y = self.linear(name, x, d_in, d_out)
@@ -103,9 +135,9 @@ class _GraphBuilder:
         return self.node("Add", [x, down], f"{name}.res")
 
 
-def build_graph(path: Path, form: Form, rows: int, sparsity: float) -> list[int]:
+def build_graph(path: Path, form: Form, rows: int, sparsity: float, rank_ratio: float = 0.0) -> list[int]:
     """Write the form's graph to ``path``; returns its input shape."""
-    g = _GraphBuilder(form, sparsity)
+    g = _GraphBuilder(form, sparsity, rank_ratio=rank_ratio)
     y = "x"
     if form.layers == "gated":
         for i in range(2):
@@ -123,20 +155,43 @@ def build_graph(path: Path, form: Form, rows: int, sparsity: float) -> list[int]
     return shape
 
 
+def measure(form: Form, rows: int, sparsity: float, work: Path, rank_ratio: float = 0.0) -> dict[str, Any]:
+    """Build one graph and time it in DeepSparse (10 warm-up + 40 timed runs)."""
+    path = work / "graph.onnx"
+    shape = build_graph(path, form, rows, sparsity, rank_ratio)
+    result = run_deepsparse(path, {"x": np.ones(shape, np.float32)}, warmup=10, repetitions=40)
+    cell = {"form": form.label, "rows": rows, "sparsity": sparsity, "rank_ratio": rank_ratio,
+            **summarize(result.times_s), "native_ops": result.fraction_of_supported_ops,
+            "deepsparse": result.versions["deepsparse"]}
+    logging.info("%s, rows %d, sparsity %.2f, rank ratio %.2f: %.2f ms", form.label, rows, sparsity, rank_ratio,
+                 cell["median_ms"])
+    return cell
+
+
 def sweep(form: Form, rows: int, sparsities: tuple[float, ...], work: Path) -> list[dict[str, Any]]:
     """Time the form at each sparsity; speedups are against its first (dense) cell."""
-    cells, dense_ms = [], None
-    for sparsity in sparsities:
-        path = work / "graph.onnx"
-        shape = build_graph(path, form, rows, sparsity)
-        result = run_deepsparse(path, {"x": np.ones(shape, np.float32)}, warmup=10, repetitions=40)
-        stats = summarize(result.times_s)
-        dense_ms = dense_ms or stats["median_ms"]
-        cells.append({"form": form.label, "rows": rows, "sparsity": sparsity, **stats,
-                      "speedup": dense_ms / stats["median_ms"], "native_ops": result.fraction_of_supported_ops,
-                      "deepsparse": result.versions["deepsparse"]})
-        logging.info("%s, rows %d, sparsity %.2f: %.2f ms (%.2fx)", form.label, rows, sparsity, stats["median_ms"],
-                     cells[-1]["speedup"])
+    cells = [measure(form, rows, sparsity, work) for sparsity in sparsities]
+    for cell in cells:
+        cell["speedup"] = cells[0]["median_ms"] / cell["median_ms"]
+    return cells
+
+
+COMPRESSION_FORM = FORMS[3]  # MatMul only, 3-D: how the exported decode graph spells a Linear
+
+
+def sweep_compression(rows: int, work: Path) -> list[dict[str, Any]]:
+    """Dense, then unstructured vs OATS-shaped at each compression, interleaved so that a
+    drift of the machine hits both alike. Speedups are against the dense cell; each OATS
+    cell also carries its ratio to the unstructured cell of the same compression."""
+    dense = measure(COMPRESSION_FORM, rows, 0.0, work)
+    cells = [dense]
+    for compression in COMPRESSIONS:
+        unstructured = measure(COMPRESSION_FORM, rows, compression, work)
+        oats = measure(COMPRESSION_FORM, rows, compression, work, RANK_RATIO)
+        oats["vs_unstructured"] = unstructured["median_ms"] / oats["median_ms"]
+        cells += [unstructured, oats]
+    for cell in cells:
+        cell["speedup"] = dense["median_ms"] / cell["median_ms"]
     return cells
 
 
@@ -147,7 +202,7 @@ def _cell(c: dict[str, Any]) -> str:
 def render(data: dict[str, Any]) -> str:
     env, cells = data["environment"], data["break_even"]
     lines = ["# DeepSparse unstructured-sparsity break-even on this machine", "",
-             f"Measured {data['measured']} on {env['cpu']}, {env['cores']} cores, deepsparse {cells[0]['deepsparse']}. "
+             f"Measured {_dates(data)} on {env['cpu']}, {env['cores']} cores, deepsparse {cells[0]['deepsparse']}. "
              "Random weights, random unstructured zeros; 10 warm-up + 40 timed runs per cell, median (p10/p90 in the "
              "JSON); speedup vs the dense graph of the same form and rows, measured in the same run.", "",
              f"## Break-even: chain {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN}, "
@@ -163,16 +218,57 @@ def render(data: dict[str, Any]) -> str:
         for label in dict.fromkeys(c["form"] for c in forms):
             row = [c for c in forms if c["form"] == label]
             lines.append(f"| {label} | " + " | ".join(_cell(c) for c in row) + f" | {row[0]['native_ops']:.0%} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _render_compression(data.get("compression", []))) + "\n"
 
 
-def main() -> int:
+def _dates(data: dict[str, Any]) -> str:
+    sweeps = data.get("measured_sweeps")
+    return "; ".join(f"{k} {v}" for k, v in sweeps.items()) if sweeps else data["measured"]
+
+
+def _render_compression(cells: list[dict[str, Any]]) -> list[str]:
+    if not cells:
+        return []
+    lines = ["", f"## OATS-shaped vs unstructured at equal compression ({COMPRESSION_FORM.label}, "
+             f"rank ratio {RANK_RATIO})", "",
+             "Each layer keeps (1 - compression) of its dense parameter count: unstructured = one weight with that "
+             "share of zeros; OATS = sparse term S (sparser) + rank-r factors V, U, budget as "
+             "`pipeline.pruners.oats.budget`. Speedups vs the dense chain of the same rows; the last column is the "
+             "OATS paper's comparison (target 1.37x).", "",
+             "| rows | compression | S sparsity | unstructured | OATS-shaped | OATS vs unstructured |",
+             "|---|---|---|---|---|---|"]
+    for rows in dict.fromkeys(c["rows"] for c in cells):
+        here = [c for c in cells if c["rows"] == rows]
+        dense = here[0]
+        lines.append(f"| {rows} | dense | - | {dense['median_ms']:.1f} ms | - | - |")
+        for unstructured, oats in zip(here[1::2], here[2::2]):
+            s_sparsity = budget(HIDDEN, INTERMEDIATE, oats["sparsity"], RANK_RATIO).sparse_sparsity
+            lines.append(f"| {rows} | {oats['sparsity']:.0%} | {s_sparsity:.1%} | {_cell(unstructured)} | "
+                         f"{_cell(oats)} | {oats['vs_unstructured']:.2f}x |")
+    return lines
+
+
+SWEEPS = {
+    "break-even": lambda work: [c for rows in ROWS for c in sweep(BREAK_EVEN, rows, SPARSITIES, work)],
+    "forms": lambda work: [c for form in FORMS for c in sweep(form, 1, FORM_SPARSITIES, work)],
+    "compression": lambda work: [c for rows in COMPRESSION_ROWS for c in sweep_compression(rows, work)],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=sorted(SWEEPS), help="re-run one sweep, keep the others' results")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    previous = RESULTS / "deepsparse_kernels.json"
+    data = json.loads(previous.read_text()) if args.only and previous.is_file() else {}
+    if "measured" in data:  # results from before the per-sweep dates
+        data.setdefault("measured_sweeps", {k: data["measured"] for k in SWEEPS if k.replace("-", "_") in data})
     with tempfile.TemporaryDirectory() as tmp:
-        break_even = [c for rows in ROWS for c in sweep(BREAK_EVEN, rows, SPARSITIES, Path(tmp))]
-        forms = [c for form in FORMS for c in sweep(form, 1, FORM_SPARSITIES, Path(tmp))]
-    data = {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "break_even": break_even,
-            "forms": forms}
+        for key in [args.only] if args.only else SWEEPS:
+            data[key.replace("-", "_")] = SWEEPS[key](Path(tmp))
+            data.setdefault("measured_sweeps", {})[key] = time.strftime("%Y-%m-%d %H:%M")
+    data.update(measured=time.strftime("%Y-%m-%d %H:%M"), environment=describe())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "deepsparse_kernels.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / "deepsparse_kernels.md").write_text(render(data))

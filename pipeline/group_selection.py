@@ -16,37 +16,51 @@ squares refit ``W_S = (H₀ W0ᵀ)_Sᵀ (H_SS)⁻¹``, so the problem is the cho
   groups whose return gains most (Schur complement of H_SS), re-solve, keep the swap only when
   the objective improved (else halve the swap size). The objective therefore never increases.
 
+Where the choice is small enough to enumerate (``EXACT_LIMIT`` supports, e.g. keeping 2 of 3 KV
+groups), ``select`` also records the exact optimum, so a report can tell a local search that
+found nothing from one that had nothing left to find.
+
 Everything runs in float64 on the transposed weight ``Wᵀ`` (``d_in x d_out``), whose rows
 are the input channels.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 log = logging.getLogger(__name__)
 
+EXACT_LIMIT = 64  # supports enumerated (one refit each) to report the exact optimum
+
 
 @dataclass
 class Selection:
     """The kept groups (bool per group), the refitted weight (``d_out x d_in``, removed
     columns zero), the objective after greedy removal and after each accepted swap, and the
-    floor: the objective with every group kept. ``objective - floor`` is the reconstruction
-    error the removal costs (the objective itself is offset by a constant)."""
+    floor: the objective with every group kept, and the exact optimum where the supports were
+    few enough to enumerate. ``objective - floor`` is the reconstruction error the removal
+    costs (the objective itself is offset by a constant)."""
 
     kept: torch.Tensor
     weight: torch.Tensor
     objective: float
     history: list[float] = field(default_factory=list)
     floor: float = 0.0
+    optimum: float | None = None
 
     def excess(self) -> dict[str, float]:
-        """Reconstruction error after greedy removal and after local search, and the swaps accepted."""
-        return {"greedy": self.history[0] - self.floor, "final": self.objective - self.floor,
-                "swaps": len(self.history) - 1}
+        """Reconstruction error after greedy removal, after local search and (where known) at
+        the exact optimum, and the swaps accepted."""
+        excess = {"greedy": self.history[0] - self.floor, "final": self.objective - self.floor,
+                  "swaps": len(self.history) - 1}
+        if self.optimum is not None:
+            excess["optimum"] = self.optimum - self.floor
+        return excess
 
 
 class GroupSelector:
@@ -79,6 +93,18 @@ class GroupSelector:
 
     def objective(self, wt: torch.Tensor) -> float:
         return float(0.5 * (wt * (self.h @ wt)).sum() - (wt * self.g).sum())
+
+    def exact_optimum(self, keep: int) -> float | None:
+        """The best objective over every support of ``keep`` groups, or None when there are
+        more than ``EXACT_LIMIT`` of them."""
+        if math.comb(self.groups, keep) > EXACT_LIMIT:
+            return None
+        best = math.inf
+        for groups in itertools.combinations(range(self.groups), keep):
+            kept = torch.zeros(self.groups, dtype=torch.bool)
+            kept[list(groups)] = True
+            best = min(best, self.refit(kept)[1])
+        return best
 
     # -- greedy backward removal (OBS with H⁻¹ downdates) -------------------------------
     def _removal_costs(self, wt: torch.Tensor, h_inv: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -166,4 +192,4 @@ class GroupSelector:
         wt, obj = self.refit(kept)
         log.debug("kept %d/%d groups, objective %.6g (%d accepted swaps)", keep, self.groups, obj, len(history) - 1)
         floor = self.refit(torch.ones_like(kept))[1]
-        return Selection(kept, wt.T.to(self.dtype).contiguous(), obj, history, floor)
+        return Selection(kept, wt.T.to(self.dtype).contiguous(), obj, history, floor, self.exact_optimum(keep))

@@ -1,6 +1,7 @@
 """OSSCAR and structured slicing: the layer solver's exact updates, the local search's
 monotonicity, sliced == masked, GQA bookkeeping, reload/export, clear errors."""
 
+import itertools
 from dataclasses import dataclass
 
 import pytest
@@ -66,6 +67,20 @@ def test_local_search_never_increases_the_objective(selector, keep):
     assert 0 <= excess["final"] <= excess["greedy"] and excess["swaps"] == len(searched.history) - 1
     assert int(searched.kept.sum()) == keep
     assert (searched.weight[:, ~searched.kept.repeat_interleave(2)] == 0).all()
+
+
+def test_small_choices_report_the_exact_optimum():
+    torch.manual_seed(2)
+    x = outlier_inputs(2000, 24, seed=2) * (torch.rand(24) * 3)
+    small = GroupSelector(torch.randn(8, 24), x.T @ x, group_size=4)  # 6 groups: C(6, 3) = 20 supports
+    found = small.select(3, step=1, iterations=30, swap=2)
+    best = min(small.refit(_support(6, list(removed)))[1] for removed in itertools.combinations(range(6), 3))
+    assert found.optimum == pytest.approx(best) and found.objective >= best - 1e-9 * abs(best)
+    excess = found.excess()
+    assert 0 <= excess["optimum"] <= excess["final"] <= excess["greedy"]
+    assert small.select(1, step=1).optimum is not None  # keep 1 of 6: 6 supports
+    large = GroupSelector(torch.randn(8, 96), torch.eye(96), group_size=1).select(48, 8)  # C(96, 48) supports
+    assert large.optimum is None and "optimum" not in large.excess()
 
 
 def test_osscar_beats_the_norm_baseline_on_its_objective():
