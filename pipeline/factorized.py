@@ -1,17 +1,24 @@
 """Layers stored as a sparse matrix plus a low-rank product (what OATS produces).
 
-``SparseLowRankLinear`` computes ``y = x·Sᵀ + (x·Vᵀ)·Uᵀ + b`` with three plain Linear
-modules, so the exported graph holds three MatMuls: one whose weight keeps S's zeros (the
-sparse kernels' case) and two thin dense ones. Re-densifying ``S + U·V`` would throw the
-sparsity away.
+``SparseLowRankLinear`` computes ``y = x·Sᵀ + (x·Vᵀ)·Uᵀ + b`` with plain Linear modules, so
+the exported graph holds one MatMul whose weight keeps S's zeros (the sparse kernels' case)
+and thin dense ones for the factors. Re-densifying ``S + U·V`` would throw the sparsity away.
 
-A model holding such layers records their ranks in its config
-(``config.sparse_deploy_factorized``); :func:`restore_factorized` rebuilds the modules from
-that record before the saved weights are loaded, so a pruned directory saves and reloads
-through the usual ``save_pretrained`` / :func:`pipeline.models.load_model`.
+A fused layer (Phi-3's qkv_proj / gate_up_proj) holds one projection per block of output rows,
+and OATS gives each its own budget and factors. Stacked, U would be block-diagonal: mostly
+zeros stored and multiplied densely. So each projection keeps its own pair ``(Vᵢ, Uᵢ)`` and
+the low-rank outputs are concatenated: ``y = x·Sᵀ + [x·V₁ᵀ·U₁ᵀ, x·V₂ᵀ·U₂ᵀ, ...] + b``.
+
+A model holding such layers records their factor shapes in its config
+(``config.sparse_deploy_factorized``: a rank per layer, or ``[rows, rank]`` per projection of
+a fused one); :func:`restore_factorized` rebuilds the modules from that record before the
+saved weights are loaded, so a pruned directory saves and reloads through the usual
+``save_pretrained`` / :func:`pipeline.models.load_model`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -19,44 +26,67 @@ from transformers import PreTrainedModel
 
 CONFIG_KEY = "sparse_deploy_factorized"
 
+Parts = tuple[tuple[int, int], ...]  # (output rows, rank) per projection
+
 
 class SparseLowRankLinear(nn.Module):
-    """``x ↦ sparse(x) + up(down(x))``: sparse ``d_out x d_in`` (with the bias),
-    ``down`` = V (``rank x d_in``), ``up`` = U (``d_out x rank``)."""
+    """``x ↦ sparse(x) + up(down(x))``: sparse ``d_out x d_in`` (with the bias), ``down`` =
+    V (``rank x d_in``), ``up`` = U (``d_out x rank``). With several ``parts`` (a fused
+    layer), ``down`` and ``up`` are lists with one factor pair per projection, whose outputs
+    are concatenated."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool):
+    def __init__(self, in_features: int, out_features: int, parts: int | Sequence[Sequence[int]], bias: bool):
         super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.parts: Parts = ((out_features, parts),) if isinstance(parts, int) else tuple(
+            (int(rows), int(rank)) for rows, rank in parts)
+        if sum(rows for rows, _ in self.parts) != out_features:
+            raise ValueError(f"the parts' rows {self.parts} do not add up to {out_features} outputs")
+        self.in_features, self.out_features = in_features, out_features
+        self.rank = sum(rank for _, rank in self.parts)
         self.sparse = nn.Linear(in_features, out_features, bias=bias)
-        self.down = nn.Linear(in_features, rank, bias=False)
-        self.up = nn.Linear(rank, out_features, bias=False)
+        if len(self.parts) == 1:
+            self.down = nn.Linear(in_features, self.rank, bias=False)
+            self.up = nn.Linear(self.rank, out_features, bias=False)
+        else:
+            self.down = nn.ModuleList(nn.Linear(in_features, rank, bias=False) for _, rank in self.parts)
+            self.up = nn.ModuleList(nn.Linear(rank, rows, bias=False) for rows, rank in self.parts)
 
     @classmethod
-    def from_factors(cls, sparse: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+    def from_factors(cls, sparse: torch.Tensor, factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
                      bias: torch.Tensor | None) -> "SparseLowRankLinear":
-        module = cls(sparse.shape[1], sparse.shape[0], u.shape[1], bias is not None)
+        """From ``S`` and one ``(U, V)`` per projection (a single pair for a plain layer)."""
+        parts = [(u.shape[0], u.shape[1]) for u, _ in factors]
+        module = cls(sparse.shape[1], sparse.shape[0], parts[0][1] if len(parts) == 1 else parts, bias is not None)
         with torch.no_grad():
             module.sparse.weight.copy_(sparse)
-            module.down.weight.copy_(v)
-            module.up.weight.copy_(u)
+            for (down, up), (u, v) in zip(module.factor_pairs(), factors):
+                down.weight.copy_(v)
+                up.weight.copy_(u)
             if bias is not None:
                 module.sparse.bias.copy_(bias)
         return module
 
+    def factor_pairs(self) -> Iterator[tuple[nn.Linear, nn.Linear]]:
+        """``(down, up)`` per projection."""
+        if len(self.parts) == 1:
+            return iter([(self.down, self.up)])
+        return zip(self.down, self.up)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sparse(x) + self.up(self.down(x))
+        low = [up(down(x)) for down, up in self.factor_pairs()]
+        return self.sparse(x) + (low[0] if len(low) == 1 else torch.cat(low, dim=-1))
 
     def dense_weight(self) -> torch.Tensor:
         """``S + U·V``: the weight this layer stands for (for checks, never for serving)."""
-        return self.sparse.weight + self.up.weight @ self.down.weight
+        return self.sparse.weight + torch.cat([up.weight @ down.weight for down, up in self.factor_pairs()])
 
     def stored_nonzeros(self) -> int:
-        """Non-zeros actually stored: S's plus both factors' (zeros of a block-diagonal U
-        for fused projections are not counted, as they need not be stored)."""
-        return sum(int(torch.count_nonzero(m.weight)) for m in (self.sparse, self.down, self.up))
+        """Non-zeros actually stored: S's plus every factor's."""
+        factors = [m.weight for pair in self.factor_pairs() for m in pair]
+        return sum(int(torch.count_nonzero(w)) for w in [self.sparse.weight, *factors])
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, parts={list(self.parts)}"
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -65,19 +95,25 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
-def factorized_ranks(model: nn.Module) -> dict[str, int]:
-    """Qualified name -> rank of every :class:`SparseLowRankLinear` in ``model``."""
-    return {name: m.rank for name, m in model.named_modules() if isinstance(m, SparseLowRankLinear)}
+def factorized_ranks(model: nn.Module) -> dict[str, int | list[list[int]]]:
+    """Qualified name -> rank (or ``[rows, rank]`` per projection of a fused layer) of every
+    :class:`SparseLowRankLinear` in ``model``: what :func:`restore_factorized` needs."""
+    return {name: m.parts[0][1] if len(m.parts) == 1 else [list(p) for p in m.parts]
+            for name, m in model.named_modules() if isinstance(m, SparseLowRankLinear)}
 
 
 def factor_roles(model: nn.Module) -> dict[str, dict[str, object]]:
     """Parameter name -> what it is inside a factorized layer (for the export manifest)."""
     roles: dict[str, dict[str, object]] = {}
     for name, m in model.named_modules():
-        if isinstance(m, SparseLowRankLinear):
-            roles[f"{name}.sparse.weight"] = {"role": "sparse term", "layer": name}
-            roles[f"{name}.down.weight"] = {"role": "low-rank factor V", "layer": name, "rank": m.rank}
-            roles[f"{name}.up.weight"] = {"role": "low-rank factor U", "layer": name, "rank": m.rank}
+        if not isinstance(m, SparseLowRankLinear):
+            continue
+        roles[f"{name}.sparse.weight"] = {"role": "sparse term", "layer": name}
+        for i, (rows, rank) in enumerate(m.parts):
+            where = {} if len(m.parts) == 1 else {"projection": i, "rows": rows}
+            suffix = "" if len(m.parts) == 1 else f".{i}"
+            roles[f"{name}.down{suffix}.weight"] = {"role": "low-rank factor V", "layer": name, "rank": rank, **where}
+            roles[f"{name}.up{suffix}.weight"] = {"role": "low-rank factor U", "layer": name, "rank": rank, **where}
     return roles
 
 
@@ -88,7 +124,7 @@ def record_factorized(model: PreTrainedModel) -> None:
         setattr(model.config, CONFIG_KEY, ranks)
 
 
-def restore_factorized(model: PreTrainedModel, ranks: dict[str, int]) -> None:
+def restore_factorized(model: PreTrainedModel, ranks: dict[str, int | list[list[int]]]) -> None:
     """Replace the Linear layers named in ``ranks`` by empty factorized layers of those ranks
     (the weights are loaded afterwards)."""
     for name, rank in ranks.items():

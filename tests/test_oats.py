@@ -39,8 +39,8 @@ def layer():
 @pytest.mark.parametrize("compression, kappa", [(0.5, 0.25), (0.6, 0.3), (0.3, 0.2)])
 def test_rank_and_nonzero_budget_are_exact(layer, compression, kappa):
     weight, stats = layer
-    sparse, u, v = OATSPruner(rank_ratio=kappa, iterations=5).decompose_weight(weight, stats.second_moment,
-                                                                                compression)
+    sparse, [(u, v)] = OATSPruner(rank_ratio=kappa, iterations=5).decompose_weight(weight, stats.second_moment,
+                                                                                    compression)
     rank = math.floor(kappa * (1 - compression) * D_OUT * D_IN / (D_OUT + D_IN))
     assert u.shape == (D_OUT, rank) and v.shape == (rank, D_IN)
     keep_per_row = D_IN - round((1 - (1 - kappa) * (1 - compression)) * D_IN)
@@ -51,7 +51,7 @@ def test_rank_and_nonzero_budget_are_exact(layer, compression, kappa):
 
 def test_layer_granularity_counts_over_the_whole_matrix(layer):
     weight, stats = layer
-    sparse, _, _ = OATSPruner(iterations=5, granularity="layer").decompose_weight(weight, stats.second_moment, 0.5)
+    sparse, _ = OATSPruner(iterations=5, granularity="layer").decompose_weight(weight, stats.second_moment, 0.5)
     assert int((sparse != 0).sum()) == D_OUT * D_IN - round(budget(D_OUT, D_IN, 0.5, 0.25).sparse_sparsity
                                                             * D_OUT * D_IN)
     assert (sparse != 0).sum(dim=1).unique().numel() > 1  # rows differ
@@ -64,7 +64,7 @@ def test_nm_sparse_term_is_valid_and_compression_follows(layer, text, kappa):
     pattern = SparsityPattern.parse(text)
     compression = pruner.implied_sparsity()
     assert compression == pytest.approx(1 - (pattern.n / pattern.m) / (1 - kappa))
-    sparse, u, _ = pruner.decompose_weight(weight, stats.second_moment, compression)
+    sparse, [(u, _)] = pruner.decompose_weight(weight, stats.second_moment, compression)
     kept = (sparse != 0).reshape(D_OUT, -1, pattern.m).sum(dim=-1)
     assert (kept == pattern.n).all()
     assert u.shape[1] == budget(D_OUT, D_IN, compression, kappa).rank
@@ -96,16 +96,16 @@ def test_fast_solver_matches_full_svd(layer):
 
 def test_rank_ratio_zero_is_wanda(layer):
     weight, stats = layer
-    sparse, u, _ = OATSPruner(rank_ratio=0.0, iterations=3).decompose_weight(weight, stats.second_moment, 0.6)
+    sparse, [(u, _)] = OATSPruner(rank_ratio=0.0, iterations=3).decompose_weight(weight, stats.second_moment, 0.6)
     assert u.shape[1] == 0
     torch.testing.assert_close(sparse, WandaPruner().prune_weight(weight, stats, 0.6))
 
 
 def test_fold_equals_dense_sum(layer):
     weight, stats = layer
-    sparse, u, v = OATSPruner(iterations=10).decompose_weight(weight, stats.second_moment, 0.5)
+    sparse, [(u, v)] = OATSPruner(iterations=10).decompose_weight(weight, stats.second_moment, 0.5)
     bias = torch.randn(D_OUT)
-    module = SparseLowRankLinear.from_factors(sparse, u, v, bias)
+    module = SparseLowRankLinear.from_factors(sparse, [(u, v)], bias)
     x = torch.randn(7, D_IN)
     torch.testing.assert_close(module(x), x @ (sparse + u @ v).T + bias, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(module.dense_weight(), sparse + u @ v)
@@ -116,21 +116,26 @@ def test_dead_inputs_get_zero_weights(layer):
     weight, stats = layer
     second = stats.second_moment.clone()
     second[:5] = 0
-    sparse, u, v = OATSPruner(iterations=5).decompose_weight(weight, second, 0.5)
+    sparse, [(u, v)] = OATSPruner(iterations=5).decompose_weight(weight, second, 0.5)
     assert torch.isfinite(sparse).all() and torch.isfinite(v).all()
     assert (sparse[:, :5] == 0).all() and (v[:, :5] == 0).all()
 
 
-def test_fused_projections_get_one_budget_each(layer):
+def test_fused_projections_get_one_budget_and_factor_pair_each(layer):
     weight, stats = layer
-    rows = [16, 16, 16]
-    sparse, u, v = OATSPruner(iterations=5).decompose_weight(weight, stats.second_moment, 0.5, rows)
+    rows = [8, 16, 24]
+    sparse, factors = OATSPruner(iterations=5).decompose_weight(weight, stats.second_moment, 0.5, rows)
     ranks = [budget(r, D_IN, 0.5, 0.25).rank for r in rows]
-    assert u.shape == (D_OUT, sum(ranks)) and v.shape == (sum(ranks), D_IN)
-    starts = np.cumsum([0, *ranks])
-    for i, r in enumerate(rows):  # U is block-diagonal: projection i only uses its own factors
-        block = u[16 * i:16 * (i + 1)]
-        assert (block[:, :starts[i]] == 0).all() and (block[:, starts[i + 1]:] == 0).all()
+    assert [(u.shape, v.shape) for u, v in factors] == [((r, k), (k, D_IN)) for r, k in zip(rows, ranks)]
+    module = SparseLowRankLinear.from_factors(sparse, factors, None)
+    x = torch.randn(5, D_IN)
+    dense = sparse + torch.cat([u @ v for u, v in factors])  # = S + block-diagonal U times stacked V
+    torch.testing.assert_close(module(x), x @ dense.T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.dense_weight(), dense)
+    # no block-diagonal zeros stored: exactly S's non-zeros and r_i·(rows_i + d_in) per projection
+    assert module.stored_nonzeros() == int((sparse != 0).sum()) + sum(k * (r + D_IN) for r, k in zip(rows, ranks))
+    assert sum(p.numel() for p in module.parameters()) == sparse.numel() + sum(k * (r + D_IN)
+                                                                               for r, k in zip(rows, ranks))
 
 
 def test_bad_settings_are_clear_errors():
@@ -164,16 +169,40 @@ def test_oats_model_saves_reloads_and_reports_honest_compression(oats_dir):
     assert report == record["achieved"]  # the reloaded model is the one that was saved
 
 
-def test_phi3_fused_layers_are_split_per_projection(tiny):
+def test_phi3_fused_layers_keep_one_factor_pair_per_projection_through_save_and_export(tmp_path):
+    """Fused qkv / gate_up: per-projection factors survive save, reload and ONNX export
+    (export_artifact refuses to write an artifact whose parity with torch fails)."""
+    out = tmp_path / "phi3-oats"
+    assert main(["prune", "--model", "tiny-phi3", "--method", "oats", "--sparsity", "0.5", "--param", "iterations=4",
+                 "--out", str(out), "--calib-samples", "2", "--calib-seq-len", "32"]) == 0
+    model = load_model(str(out)).model
+    config = model.config
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    q_rows = config.num_attention_heads * config.hidden_size // config.num_attention_heads
+    kv_rows = config.num_key_value_heads * config.hidden_size // config.num_attention_heads
+    assert [rows for rows, _ in attention.qkv_proj.parts] == [q_rows, kv_rows, kv_rows]
+    assert [rank for _, rank in attention.qkv_proj.parts] == [budget(r, config.hidden_size, 0.5, 0.25).rank
+                                                              for r in (q_rows, kv_rows, kv_rows)]
+    assert [rows for rows, _ in mlp.gate_up_proj.parts] == [config.intermediate_size] * 2
+    manifest = export_artifact(str(out), tmp_path / "art", parity_windows=1, parity_seq_len=32)
+    factors = {k: v for k, v in manifest["weights"].items() if k.startswith("layers.0.self_attn.qkv_proj.up.")}
+    assert len(factors) == 3 and all(v["pattern"] == "low-rank" and v["projection"] in (0, 1, 2)
+                                     for v in factors.values())
+
+
+def test_stacked_factors_are_the_same_decomposition_in_one_pair(tiny):
     from pipeline.prune import CalibrationConfig, prune_model
 
-    loaded = tiny("tiny-phi3")
-    prune_model(loaded, OATSPruner(iterations=4), 0.5, CalibrationConfig(samples=2, seq_len=32))
-    qkv = loaded.model.model.layers[0].self_attn.qkv_proj
-    assert isinstance(qkv, SparseLowRankLinear)
-    config = loaded.model.config
-    q_rows = config.hidden_size
-    assert qkv.rank == 3 * budget(q_rows, config.hidden_size, 0.5, 0.25).rank  # q, k, v of equal width here
+    layers = {}
+    for split in (True, False):
+        loaded = tiny("tiny-phi3")
+        prune_model(loaded, OATSPruner(iterations=3, per_projection_factors=split), 0.5,
+                    CalibrationConfig(samples=2, seq_len=32))
+        layers[split] = loaded.model.model.layers[0].self_attn.qkv_proj
+    per_projection, stacked = layers[True], layers[False]
+    assert len(per_projection.parts) == 3 and len(stacked.parts) == 1 and stacked.rank == per_projection.rank
+    torch.testing.assert_close(stacked.dense_weight(), per_projection.dense_weight())
+    assert stacked.up.weight.numel() > sum(up.weight.numel() for up in per_projection.up)  # the block-diagonal zeros
 
 
 @pytest.fixture(scope="module")

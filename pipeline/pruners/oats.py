@@ -120,7 +120,10 @@ class OATSPruner(Pruner):
     """``rank_ratio`` κ: share of the kept parameters given to the low-rank term.
     ``granularity``: zeros of S chosen per output row (the official code) or per layer (the
     paper's algorithm). ``pattern``: N:M for S (then the compression follows from it and κ,
-    as in the official code)."""
+    as in the official code). ``per_projection_factors``: a fused layer (Phi-3) keeps one
+    factor pair per projection (no zeros stored); off, the pairs are stacked into one (U
+    block-diagonal, stored dense): two larger MatMuls instead of two per projection and a
+    Concat, for runtimes where fewer nodes pay more than the wasted work costs."""
 
     rank_ratio: float = 0.25
     iterations: int = 80
@@ -128,6 +131,7 @@ class OATSPruner(Pruner):
     granularity: Granularity = Granularity.ROW
     solver: LowRankSolver = LowRankSolver.SUBSPACE
     oversample: int = 8
+    per_projection_factors: bool = True
 
     name = "oats"
     statistics = frozenset({Statistic.SECOND_MOMENT})
@@ -156,35 +160,37 @@ class OATSPruner(Pruner):
         return lambda residual: prune_mask(residual.abs(), sparsity, self.pattern, self.granularity)
 
     def decompose_weight(self, weight: torch.Tensor, second_moment: torch.Tensor, compression: float,
-                         rows: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(S, U, V)`` with ``weight ≈ S + U·V`` in the original (unscaled) coordinates.
-        Fused projections (``rows``) get one budget each: U is then block-diagonal."""
+                         rows: list[int] | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``S`` and one ``(U, V)`` per projection, ``weight ≈ S + [U₁·V₁; U₂·V₂; ...]`` in
+        the original (unscaled) coordinates. Fused projections (``rows``) get one budget each."""
         scale = second_moment.sqrt()
         inverse = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))  # dead inputs: weights zeroed
-        sparses, us, vs = [], [], []
+        sparses, factors = [], []
         for part in weight.split(rows or [weight.shape[0]]):
             b = budget(*part.shape, compression, self.rank_ratio)
             sparsity = self.pattern.sparsity if self.pattern.is_nm else b.sparse_sparsity
             d = decompose(part * scale, b.rank, self._zeros(sparsity), self.iterations, self.solver, self.oversample)
             sparses.append(d.sparse * inverse)
-            us.append(d.u)
-            vs.append(d.v * inverse)
+            factors.append((d.u, d.v * inverse))
             log.debug("OATS %s rank %d: objective %.4g -> %.4g", list(part.shape), b.rank, d.objective[0],
                       d.objective[-1])
-        return torch.cat(sparses), torch.block_diag(*us), torch.cat(vs)
+        return torch.cat(sparses), factors
 
     def prune_block(self, ctx: BlockContext, sparsity: float) -> None:
         """Replace each Linear by its :class:`SparseLowRankLinear` (rank 0: just prune it)."""
         for name, layer in ctx.layers.items():
-            sparse, u, v = self.decompose_weight(layer.weight.detach().float(), ctx.stats[name].second_moment,
-                                                 sparsity, ctx.fused_rows.get(name))
-            if v.shape[0] == 0:
+            sparse, factors = self.decompose_weight(layer.weight.detach().float(), ctx.stats[name].second_moment,
+                                                    sparsity, ctx.fused_rows.get(name))
+            if all(u.shape[1] == 0 for u, _ in factors):
                 layer.weight.data.copy_(sparse.to(layer.weight.dtype))
                 continue
+            if not self.per_projection_factors and len(factors) > 1:
+                factors = [(torch.block_diag(*(u for u, _ in factors)), torch.cat([v for _, v in factors]))]
             bias = None if layer.bias is None else layer.bias.detach()
-            replace_module(ctx.block, name, SparseLowRankLinear.from_factors(sparse, u, v, bias).to(layer.weight.dtype))
+            module = SparseLowRankLinear.from_factors(sparse, factors, bias)
+            replace_module(ctx.block, name, module.to(layer.weight.dtype))
 
     def config(self) -> dict:
         return {**super().config(), "rank_ratio": self.rank_ratio, "iterations": self.iterations,
                 "pattern": str(self.pattern), "granularity": self.granularity.value, "solver": self.solver.value,
-                "oversample": self.oversample}
+                "oversample": self.oversample, "per_projection_factors": self.per_projection_factors}
