@@ -1,6 +1,6 @@
 """Where do DeepSparse's unstructured sparse kernels pay off on this machine?
 
-Two sweeps of small random-weight graphs with a random unstructured share of zeros, every
+Three sweeps of small random-weight graphs with a random unstructured share of zeros, every
 sparse cell compared with its dense twin in the same run:
 
 * break-even: a chain 4096 -> 11008 -> 4096 -> 11008 -> 4096 (LLaMA-7B's MLP widths) of
@@ -91,7 +91,7 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
-    def weight(self, name: str, d_in: int, d_out: int, sparsity: float) -> np.ndarray:
+    def weight(self, d_in: int, d_out: int, sparsity: float) -> np.ndarray:
         w = (self.rng.standard_normal((d_in, d_out)) * 0.02).astype(np.float32)
         w[self.rng.random(w.shape) < sparsity] = 0.0
         return w
@@ -99,7 +99,7 @@ class _GraphBuilder:
     def linear(self, name: str, x: str, d_in: int, d_out: int) -> str:
         if self.rank_ratio > 0:
             return self.sparse_plus_low_rank(name, x, d_in, d_out)
-        w = self.weight(name, d_in, d_out, self.sparsity)
+        w = self.weight(d_in, d_out, self.sparsity)
         bias = numpy_helper.from_array(np.zeros(d_out, np.float32), f"{name}.b")
         if self.form.gemm:
             self.inits += [numpy_helper.from_array(np.ascontiguousarray(w.T), f"{name}.w"), bias]
@@ -118,7 +118,7 @@ class _GraphBuilder:
         b = budget(d_out, d_in, self.sparsity, self.rank_ratio)
         for suffix, shape, sparsity in ((".s", (d_in, d_out), b.sparse_sparsity), (".v", (d_in, b.rank), 0.0),
                                         (".u", (b.rank, d_out), 0.0)):
-            self.inits.append(numpy_helper.from_array(self.weight(name, *shape, sparsity), name + suffix))
+            self.inits.append(numpy_helper.from_array(self.weight(*shape, sparsity), name + suffix))
         sparse = self.node("MatMul", [x, f"{name}.s"], f"{name}.xs")
         low = self.node("MatMul", [self.node("MatMul", [x, f"{name}.v"], f"{name}.xv"), f"{name}.u"], f"{name}.xvu")
         return self.node("Add", [sparse, low], name)
@@ -222,8 +222,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _dates(data: dict[str, Any]) -> str:
-    sweeps = data.get("measured_sweeps")
-    return "; ".join(f"{k} {v}" for k, v in sweeps.items()) if sweeps else data["measured"]
+    return "; ".join(f"{k} {v}" for k, v in data["measured_sweeps"].items())
 
 
 def _render_compression(cells: list[dict[str, Any]]) -> list[str]:
@@ -262,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     previous = RESULTS / "deepsparse_kernels.json"
     data = json.loads(previous.read_text()) if args.only and previous.is_file() else {}
-    if "measured" in data:  # results from before the per-sweep dates
-        data.setdefault("measured_sweeps", {k: data["measured"] for k in SWEEPS if k.replace("-", "_") in data})
     with tempfile.TemporaryDirectory() as tmp:
         for key in [args.only] if args.only else SWEEPS:
             data[key.replace("-", "_")] = SWEEPS[key](Path(tmp))

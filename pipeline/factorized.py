@@ -55,8 +55,7 @@ class SparseLowRankLinear(nn.Module):
     def from_factors(cls, sparse: torch.Tensor, factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
                      bias: torch.Tensor | None) -> "SparseLowRankLinear":
         """From ``S`` and one ``(U, V)`` per projection (a single pair for a plain layer)."""
-        parts = [(u.shape[0], u.shape[1]) for u, _ in factors]
-        module = cls(sparse.shape[1], sparse.shape[0], parts[0][1] if len(parts) == 1 else parts, bias is not None)
+        module = cls(sparse.shape[1], sparse.shape[0], [u.shape for u, _ in factors], bias is not None)
         with torch.no_grad():
             module.sparse.weight.copy_(sparse)
             for (down, up), (u, v) in zip(module.factor_pairs(), factors):
