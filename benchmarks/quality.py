@@ -8,8 +8,9 @@ side in one run:
   ``benchmarks/results/quality_smollm2.{json,md}``;
 * ``oats`` (~30 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
-* ``osscar`` (~40 min): structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
-  50% of MLP neurons and of one KV group of heads -> ``benchmarks/results/quality_osscar_smollm2.{json,md}``.
+* ``osscar`` (~55 min): structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
+  50% of MLP neurons, of one KV group of heads, and of 1 or 2 query heads within each KV group ->
+  ``benchmarks/results/quality_osscar_smollm2.{json,md}``.
 
     python -m benchmarks.quality [--suite oats] [--only NAME ...] [--eval-windows 32]
 """
@@ -48,15 +49,19 @@ def _oats_suite() -> list[dict[str, Any]]:
 
 
 def _osscar_suite() -> list[dict[str, Any]]:
-    """MLP neurons at 25% and 50%, and one heads setting: smollm2 has 3 KV groups per block
-    (9 query heads over 3 KV heads), so removing one group (33% of the heads) is the finest."""
+    """MLP neurons at 25% and 50%, and heads: smollm2 has 9 query heads over 3 KV heads per
+    block. Removing one whole KV group (heads33) leaves 3 choices, so greedy is easily the
+    optimum; query heads within groups (1 or 2 of each group's 3: headsq33, headsq67) leave 27."""
     configs: list[dict[str, Any]] = [{"name": "dense", "method": None}]
-    for structures, share, tag in (("mlp", 0.25, "mlp25"), ("mlp", 0.5, "mlp50"), ("heads", 1 / 3, "heads33")):
+    settings = (("mlp", 0.25, "mlp25", {}), ("mlp", 0.5, "mlp50", {}), ("heads", 1 / 3, "heads33", {}),
+                *(("heads", share, tag, {"head_units": "query_heads"}) for share, tag in ((1 / 3, "headsq33"),
+                                                                                         (2 / 3, "headsq67"))))
+    for structures, share, tag, extra in settings:
+        params = {"structures": structures, **extra}
         configs += [
-            {"name": f"norm-{tag}", "method": "structured-norm", "sparsity": share, "params": {"structures": structures}},
-            {"name": f"osscar-greedy-{tag}", "method": "osscar", "sparsity": share,
-             "params": {"structures": structures, "iterations": 0}},
-            {"name": f"osscar-{tag}", "method": "osscar", "sparsity": share, "params": {"structures": structures}},
+            {"name": f"norm-{tag}", "method": "structured-norm", "sparsity": share, "params": params},
+            {"name": f"osscar-greedy-{tag}", "method": "osscar", "sparsity": share, "params": {**params, "iterations": 0}},
+            {"name": f"osscar-{tag}", "method": "osscar", "sparsity": share, "params": params},
         ]
     # A coarser greedy start (100 neurons per step instead of 10): does the local search recover from it?
     coarse = {"structures": "mlp", "mlp_step": 100}
@@ -64,6 +69,12 @@ def _osscar_suite() -> list[dict[str, Any]]:
         configs += [{"name": f"osscar-greedy-{tag}-step100", "method": "osscar", "sparsity": share,
                      "params": {**coarse, "iterations": 0}},
                     {"name": f"osscar-{tag}-step100", "method": "osscar", "sparsity": share, "params": coarse}]
+    # Query heads with a 100x smaller ridge: is the ridge why a lower layer objective gives a higher perplexity?
+    for share, tag in ((1 / 3, "headsq33"), (2 / 3, "headsq67")):
+        params = {"structures": "heads", "head_units": "query_heads", "ridge": 1e-4}
+        configs += [{"name": f"osscar-greedy-{tag}-ridge1e-4", "method": "osscar", "sparsity": share,
+                     "params": {**params, "iterations": 0}},
+                    {"name": f"osscar-{tag}-ridge1e-4", "method": "osscar", "sparsity": share, "params": params}]
     return configs
 
 
@@ -127,12 +138,14 @@ CLAIMS = [
     *((f"owl-oats-{p}", f"oats-{p}", f"OATS+OWL below OATS at {p}%") for p in (50, 60)),
     *((f"oats-{p}-k30", f"sparsegpt-{p}", f"OATS (rank ratio 0.3) below SparseGPT at {p}%") for p in (50, 60)),
     *((f"osscar-{t}", f"osscar-greedy-{t}", f"OSSCAR local search below OSSCAR greedy ({t})")
-      for t in ("mlp25", "mlp50", "heads33")),
+      for t in ("mlp25", "mlp50", "heads33", "headsq33", "headsq67")),
     *((f"osscar-greedy-{t}", f"norm-{t}", f"OSSCAR greedy below the norm baseline ({t})")
-      for t in ("mlp25", "mlp50", "heads33")),
+      for t in ("mlp25", "mlp50", "heads33", "headsq33", "headsq67")),
     *((f"osscar-{t}-step100", f"osscar-greedy-{t}-step100",
        f"OSSCAR local search below OSSCAR greedy from a coarse start ({t}, 100 neurons per greedy step)")
       for t in ("mlp25", "mlp50")),
+    *((f"osscar-{t}-ridge1e-4", f"osscar-greedy-{t}-ridge1e-4",
+       f"OSSCAR local search below OSSCAR greedy with ridge 1e-4 ({t})") for t in ("headsq33", "headsq67")),
 ]
 TIME_LIMITS_S = {"wanda-70": 300.0, "oats-50": 300.0}
 
@@ -163,23 +176,26 @@ def _solver_section(rows: list[dict[str, Any]]) -> list[str]:
             greedy, final = sum(x["greedy"] for x in layers), sum(x["final"] for x in layers)
             lines.append(f"| {r['name']} | {kind} | {len(layers)} | {greedy:.6g} | {final:.6g} | "
                          f"{1 - final / greedy if greedy else 0:.2%} | {sum(x['swaps'] for x in layers)} | "
-                         f"{_optimal_share(layers)} |")
+                         f"{_optimal_share(layers, 'greedy')} | {_optimal_share(layers, 'final')} |")
     if not lines:
         return []
     return ["", "## Layer objective: greedy start vs after local search", "",
             "Reconstruction error of the consumer layers (OSSCAR's objective minus its value with every unit "
             "kept), summed over blocks; the local search accepts a swap only when it lowers this.", "",
-            "The last column: where a block's choice was small enough to enumerate (e.g. 2 of 3 KV groups), in how "
-            "many blocks the greedy start was already the exact optimum, i.e. no swap could have helped.", "",
-            "| config | units | layers | greedy | final | reduction | swaps accepted | greedy start exactly optimal |",
-            "|---|---|---|---|---|---|---|---|", *lines]
+            "The last columns: where a block's choice was small enough to enumerate (e.g. 2 of 3 KV groups, or 1-2 "
+            "of 3 query heads per group), in how many blocks the greedy start (no swap could have helped) and the final "
+            "choice were the exact optimum of the layer problem.", "",
+            "| config | units | layers | greedy | final | reduction | swaps accepted | greedy start exactly optimal "
+            "| final exactly optimal |",
+            "|---|---|---|---|---|---|---|---|---|", *lines]
 
 
-def _optimal_share(layers: list[dict[str, float]]) -> str:
+def _optimal_share(layers: list[dict[str, float]], stage: str) -> str:
+    """In how many layers the ``stage`` ("greedy" or "final") objective was the exact optimum."""
     known = [x for x in layers if "optimum" in x]
     if not known:
         return "not enumerable"
-    optimal = sum(x["greedy"] <= x["optimum"] + 1e-9 * max(1.0, abs(x["optimum"])) for x in known)
+    optimal = sum(x[stage] <= x["optimum"] + 1e-9 * max(1.0, abs(x["optimum"])) for x in known)
     return f"{optimal} of {len(known)}"
 
 
@@ -204,8 +220,8 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
         "per output row, warm-started subspace solver. Pruning time excludes model loading and evaluation; "
         "peak RSS is the child process's, loading included.",
         "",
-        "- Structured (OSSCAR, norm baseline): target = share of MLP neurons or KV groups removed per block, "
-        "sliced out for real; block params = parameters of the decoder blocks' Linear layers after slicing. "
+        "- Structured (OSSCAR, norm baseline): target = share of MLP neurons, KV groups (heads33) or query heads "
+        "within each KV group (headsq33 / headsq67: every KV head kept) removed per block, sliced out for real; block params = parameters of the decoder blocks' Linear layers after slicing. "
         "OSSCAR: ridge 1e-2, 10 neurons / 2 heads per greedy step, 30 local-search iterations swapping 10 neurons / "
         "5 heads (halved on a rejected swap); greedy = no local search. Norm baseline: ||W[:, unit]||·sqrt(E[x²]), "
         "no refit.",

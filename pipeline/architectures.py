@@ -38,9 +38,10 @@ class MLPLayout:
     halves: int = 1
 
 
-def _set_no_head_attributes(attention: nn.Module, heads: int, kv_heads: int) -> None:
-    """LLaMA-family attention reshapes with -1 heads and keeps heads/kv_heads fixed when
-    whole KV groups go: nothing to update."""
+def _set_llama_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
+    """LLaMA-family attention reshapes with -1 heads; only the query heads per KV head
+    (which ``repeat_kv`` uses) change, when query heads go within their groups."""
+    attention.num_key_value_groups = heads // kv_heads
 
 
 def _set_opt_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
@@ -58,19 +59,19 @@ def _set_phi3_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
     attention.config = copy.copy(attention.config)
     attention.config.num_attention_heads, attention.config.num_key_value_heads = heads, kv_heads
     attention.num_key_value_heads = kv_heads
+    attention.num_key_value_groups = heads // kv_heads
 
 
 @dataclass(frozen=True)
 class AttentionLayout:
-    """Where a block's heads live. Units of removal are KV groups (one KV head with the query
-    heads sharing it; one head each without GQA), so that every layer keeps the model's
-    query/KV ratio. ``qkv`` names either three projections or one fused weight stacking
-    q, k, v rows. ``set_heads`` updates the module's own head counts after slicing."""
+    """Where a block's heads live (the units of removal: ``pipeline.pruners.structured``).
+    ``qkv`` names either three projections or one fused weight stacking q, k, v rows.
+    ``set_heads`` updates the module's own head counts after slicing."""
 
     module: str
     qkv: tuple[str, ...]
     consumer: str
-    set_heads: Callable[[nn.Module, int, int], None] = _set_no_head_attributes
+    set_heads: Callable[[nn.Module, int, int], None] = _set_llama_heads
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ squares refit ``W_S = (H₀ W0ᵀ)_Sᵀ (H_SS)⁻¹``, so the problem is the cho
   groups whose return gains most (Schur complement of H_SS), re-solve, keep the swap only when
   the objective improved (else halve the swap size). The objective therefore never increases.
 
+Units may come in equal *buckets* that each keep the same number (query heads within their KV
+group: every group must keep as many query heads as the others for the model to stay a valid
+GQA model). Greedy then skips a group whose bucket is at its quota, and a swap puts back into
+each bucket what it took out; with one bucket (the default) nothing is constrained.
+
 Where the choice is small enough to enumerate (``EXACT_LIMIT`` supports, e.g. keeping 2 of 3 KV
 groups), ``select`` also records the exact optimum, so a report can tell a local search that
 found nothing from one that had nothing left to find.
@@ -66,11 +71,15 @@ class Selection:
 class GroupSelector:
     """One consumer layer's statistics; ``select`` solves for a number of kept groups."""
 
-    def __init__(self, weight: torch.Tensor, gram: torch.Tensor, group_size: int, ridge: float = 1e-2):
+    def __init__(self, weight: torch.Tensor, gram: torch.Tensor, group_size: int, ridge: float = 1e-2,
+                 bucket: int | None = None):
         d_out, d_in = weight.shape
         if group_size < 1 or d_in % group_size:
             raise ValueError(f"group size {group_size} does not divide the input width {d_in}")
         self.group_size, self.groups = group_size, d_in // group_size
+        self.bucket = self.groups if bucket is None else bucket  # consecutive groups that keep the same count
+        if self.bucket < 1 or self.groups % self.bucket:
+            raise ValueError(f"bucket size {self.bucket} does not divide the {self.groups} groups")
         h0 = gram.to(torch.float64)
         self.h = h0 + ridge * torch.diag(h0).mean() * torch.eye(d_in, dtype=torch.float64)
         self.g = h0 @ weight.to(torch.float64).T  # d_in x d_out: the target's correlation
@@ -84,6 +93,22 @@ class GroupSelector:
     def _support(self, kept: torch.Tensor) -> torch.Tensor:
         return self._channels(kept.nonzero().squeeze(1))
 
+    def _per_bucket(self, kept: torch.Tensor) -> torch.Tensor:
+        """Kept groups in each bucket."""
+        return kept.reshape(-1, self.bucket).sum(dim=1)
+
+    def _cheapest(self, score: torch.Tensor, candidates: torch.Tensor, room: torch.Tensor, count: int) -> torch.Tensor:
+        """The ``count`` lowest-``score`` candidate groups, taking at most ``room[b]`` from bucket b."""
+        room = room.clone()
+        chosen = []
+        for g in torch.argsort(score).tolist():
+            if len(chosen) == count:
+                break
+            if candidates[g] and room[g // self.bucket] > 0:
+                chosen.append(g)
+                room[g // self.bucket] -= 1
+        return torch.tensor(chosen, dtype=torch.long)
+
     def refit(self, kept: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The optimal ``Wᵀ`` on the kept groups and its objective."""
         s = self._support(kept)
@@ -95,14 +120,17 @@ class GroupSelector:
         return float(0.5 * (wt * (self.h @ wt)).sum() - (wt * self.g).sum())
 
     def exact_optimum(self, keep: int) -> float | None:
-        """The best objective over every support of ``keep`` groups, or None when there are
-        more than ``EXACT_LIMIT`` of them."""
-        if math.comb(self.groups, keep) > EXACT_LIMIT:
+        """The best objective over every support of ``keep`` groups per bucket, or None when
+        there are more than ``EXACT_LIMIT`` of them."""
+        buckets = self.groups // self.bucket
+        if math.comb(self.bucket, keep) ** buckets > EXACT_LIMIT:
             return None
         best = math.inf
-        for groups in itertools.combinations(range(self.groups), keep):
+        per_bucket = [[[b * self.bucket + i for i in c] for c in itertools.combinations(range(self.bucket), keep)]
+                      for b in range(buckets)]
+        for choice in itertools.product(*per_bucket):
             kept = torch.zeros(self.groups, dtype=torch.bool)
-            kept[list(groups)] = True
+            kept[[g for groups in choice for g in groups]] = True
             best = min(best, self.refit(kept)[1])
         return best
 
@@ -116,9 +144,11 @@ class GroupSelector:
         cost[alive] = 0.5 * (w * (torch.linalg.inv(blocks[alive]) @ w)).sum(dim=(1, 2))  # batched inv: fast for tiny blocks
         return cost
 
-    def _remove(self, wt: torch.Tensor, h_inv: torch.Tensor, kept: torch.Tensor, count: int) -> None:
-        """Remove the ``count`` cheapest kept groups, updating ``wt`` and ``h_inv`` in place."""
-        groups = torch.topk(self._removal_costs(wt, h_inv, kept), count, largest=False).indices
+    def _remove(self, wt: torch.Tensor, h_inv: torch.Tensor, kept: torch.Tensor, count: int, floor: int) -> None:
+        """Remove the ``count`` cheapest kept groups, leaving at least ``floor`` in each bucket;
+        updates ``wt`` and ``h_inv`` in place."""
+        room = self._per_bucket(kept) - floor
+        groups = self._cheapest(self._removal_costs(wt, h_inv, kept), kept, room, count)
         u = self._channels(groups)
         inv_uu = torch.linalg.inv(h_inv[u][:, u])
         wt -= h_inv[:, u] @ (inv_uu @ wt[u])
@@ -133,12 +163,13 @@ class GroupSelector:
         return h_inv
 
     def greedy(self, keep: int, step: int, kept: torch.Tensor | None = None) -> torch.Tensor:
-        """Remove groups ``step`` at a time until ``keep`` remain (from ``kept``, default all)."""
+        """Remove groups ``step`` at a time until at most ``keep`` remain in each bucket (from
+        ``kept``, default all)."""
         kept = torch.ones(self.groups, dtype=torch.bool) if kept is None else kept.clone()
         h_inv = self._inverse_on(kept)
         wt = h_inv @ self.g
-        while int(kept.sum()) > keep:
-            self._remove(wt, h_inv, kept, min(step, int(kept.sum()) - keep))
+        while (excess := int((self._per_bucket(kept) - keep).clamp(min=0).sum())) > 0:
+            self._remove(wt, h_inv, kept, min(step, excess), keep)
         return kept
 
     # -- local search ------------------------------------------------------------------
@@ -160,6 +191,17 @@ class GroupSelector:
             gains[removed] = 0.5 * (r * (torch.linalg.inv(blocks) @ r)).sum(dim=(1, 2))
         return gains
 
+    def _swap(self, kept: torch.Tensor, swap: int) -> torch.Tensor:
+        """``swap`` groups out (the cheapest to remove, in one OBS step) and as many back in
+        (the largest return gains), each bucket getting back what it lost."""
+        quota = self._per_bucket(kept)
+        h_inv = self._inverse_on(kept)
+        trial = kept.clone()
+        self._remove(h_inv @ self.g, h_inv, trial, swap, 0)
+        back = self._cheapest(-self._return_gains(trial), ~trial, quota - self._per_bucket(trial), swap)
+        trial[back] = True
+        return trial
+
     def local_search(self, kept: torch.Tensor, iterations: int, swap: int) -> tuple[torch.Tensor, list[float]]:
         """Up to ``iterations`` swaps of ``swap`` groups out and back in, each accepted only
         when it lowers the objective. A rejected swap halves the swap size (the official
@@ -171,8 +213,7 @@ class GroupSelector:
         for _ in range(iterations):
             if swap < 1:
                 break
-            trial = self.greedy(int(best.sum()) - swap, swap, best)
-            trial[torch.topk(self._return_gains(trial), swap).indices] = True
+            trial = self._swap(best, swap)
             _, obj = self.refit(trial)
             if obj < best_obj - 1e-12 * max(1.0, abs(best_obj)):
                 best, best_obj = trial, obj
@@ -182,14 +223,15 @@ class GroupSelector:
         return best, history
 
     def select(self, keep: int, step: int, iterations: int = 0, swap: int = 0) -> Selection:
-        """Greedy removal to ``keep`` groups, then ``iterations`` of local search."""
-        if not 0 < keep <= self.groups:
-            raise ValueError(f"keep must lie in [1, {self.groups}] groups, got {keep}")
+        """Greedy removal to ``keep`` groups per bucket, then ``iterations`` of local search."""
+        if not 0 < keep <= self.bucket:
+            raise ValueError(f"keep must lie in [1, {self.bucket}] groups per bucket, got {keep}")
         kept = self.greedy(keep, step)
         history = [self.refit(kept)[1]]
         if iterations > 0 and swap > 0:
             kept, history = self.local_search(kept, iterations, swap)
         wt, obj = self.refit(kept)
-        log.debug("kept %d/%d groups, objective %.6g (%d accepted swaps)", keep, self.groups, obj, len(history) - 1)
+        log.debug("kept %d/%d groups, objective %.6g (%d accepted swaps)", int(kept.sum()), self.groups, obj,
+                  len(history) - 1)
         floor = self.refit(torch.ones_like(kept))[1]
         return Selection(kept, wt.T.to(self.dtype).contiguous(), obj, history, floor, self.exact_optimum(keep))

@@ -52,6 +52,12 @@ def mark_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
     setattr(attention, _HEADS_ATTRIBUTE, (heads, kv_heads))
 
 
+def head_counts(attention: nn.Module, config: Any) -> tuple[int, int]:
+    """(query heads, KV heads) of one attention module: its sliced counts, else the config's."""
+    default = (config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    return tuple(getattr(attention, _HEADS_ATTRIBUTE, default))
+
+
 def record_sliced(model: PreTrainedModel, spec: ArchitectureSpec) -> None:
     """Record every block's Linear shapes and sliced head counts in the config (only when
     something was sliced: a plain model keeps a plain config)."""

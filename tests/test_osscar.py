@@ -1,19 +1,21 @@
 """OSSCAR and structured slicing: the layer solver's exact updates, the local search's
 monotonicity, sliced == masked, GQA bookkeeping, reload/export, clear errors."""
 
+import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
 
+from export.artifact import export_artifact
 from export.graphs import KVGeometry
 from pipeline.errors import SparseDeployError
 from pipeline.group_selection import GroupSelector
 from pipeline.models import load_model
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
 from pipeline.pruners import build_pruner
-from pipeline.pruners.structured import Choice, StructuredPruner
+from pipeline.pruners.structured import Choice, StructuredPruner, Units
 from tests.conftest import outlier_inputs, stats_of
 
 CALIBRATION = CalibrationConfig(samples=4, seq_len=32)
@@ -88,11 +90,42 @@ def test_osscar_beats_the_norm_baseline_on_its_objective():
     x = outlier_inputs(3000, 48, seed=1) * (torch.rand(48) * 3)
     weight = torch.randn(16, 48)
     selector = GroupSelector(weight, x.T @ x, group_size=2)
-    norm = build_pruner("structured-norm").choose(weight, stats_of(x, gram=False), 2, 12, "mlp")
+    norm = build_pruner("structured-norm").choose(weight, stats_of(x, gram=False), Units(2, 24, 12, 24), "mlp")
     masked = weight.T.double().clone()
     masked[~torch.isin(torch.arange(48) // 2, norm.kept)] = 0
     assert norm.consumer_weight is None  # the baseline does not refit
     assert selector.select(12, 2, 30, 4).objective < selector.objective(masked)
+
+
+def test_buckets_each_keep_the_same_count_and_the_search_stays_between_greedy_and_optimum():
+    """Query heads within KV groups: every bucket keeps ``keep`` units."""
+    torch.manual_seed(3)
+    x = outlier_inputs(3000, 36, seed=3) * (torch.rand(36) * 3)
+    selector = GroupSelector(torch.randn(16, 36), x.T @ x, group_size=4, bucket=3)  # 9 groups, 3 buckets of 3
+    greedy = selector.select(1, step=2)
+    found = selector.select(1, step=2, iterations=30, swap=3)
+    brute = min(selector.refit(torch.nn.functional.one_hot(torch.tensor([0, 3, 6]) + torch.tensor(pick), 9).sum(0)
+                               .bool())[1] for pick in itertools.product(range(3), repeat=3))
+    for selection in (greedy, found):
+        assert selection.kept.reshape(3, 3).sum(dim=1).tolist() == [1, 1, 1]
+    assert found.optimum == pytest.approx(brute)
+    assert brute - 1e-9 * abs(brute) <= found.objective <= greedy.objective
+    assert all(b < a for a, b in zip(found.history, found.history[1:]))
+    with pytest.raises(ValueError, match="per bucket"):
+        selector.select(2 + 2, step=1)
+    with pytest.raises(ValueError, match="does not divide"):
+        GroupSelector(torch.randn(4, 36), torch.eye(36), group_size=4, bucket=2)
+
+
+def test_the_norm_baseline_keeps_the_best_units_of_each_bucket():
+    torch.manual_seed(4)
+    x = torch.randn(500, 24)
+    weight = torch.randn(8, 24)
+    stats = stats_of(x, gram=False)
+    kept = build_pruner("structured-norm").choose(weight, stats, Units(4, 6, 2, 3), "heads").kept
+    score = (weight.pow(2).sum(dim=0) * stats.second_moment).reshape(6, 4).sum(dim=1)
+    expected = [b * 3 + i for b in range(2) for i in torch.topk(score[b * 3:(b + 1) * 3], 2).indices.tolist()]
+    assert kept.tolist() == sorted(expected)
 
 
 @dataclass
@@ -101,17 +134,18 @@ class KeepEvenUnits(StructuredPruner):
 
     name = "keep-even"
 
-    def choose(self, weight, stats, unit_size, keep, kind):
-        return Choice(torch.arange(0, 2 * keep, 2))
+    def choose(self, weight, stats, units, kind):
+        return Choice(torch.arange(0, 2 * units.kept, 2))
 
 
-def _mask_like_keep_even(model, spec, structures):
+def _mask_like_keep_even(model, spec, structures, query_heads=False):
     """Zero, in the unsliced model, what KeepEvenUnits slices out (odd units)."""
     from pipeline.architectures import transformer_blocks
 
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
-    rep = config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    rep = 1 if query_heads else \
+        config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
     with torch.no_grad():
         for block in transformer_blocks(model):
             if "mlp" in structures:
@@ -142,23 +176,56 @@ def test_sliced_model_equals_the_masked_model(name, structures):
     assert sum(p.numel() for p in sliced.model.parameters()) < sum(p.numel() for p in masked.model.parameters())
 
 
-def test_gqa_removes_whole_kv_groups_and_records_the_geometry(tmp_path):
-    loaded = load_model("tiny-llama")  # 4 query heads over 2 KV heads, head_dim 16
-    result = prune_model(loaded, build_pruner("osscar", structures="heads"), 0.5, CALIBRATION)
+@pytest.mark.parametrize("head_units, kv_heads", [("kv_groups", 1), ("query_heads", 2)])
+def test_gqa_heads_slice_reload_generate_and_export(tmp_path, head_units, kv_heads):
+    """tiny-llama: 4 query heads over 2 KV heads, head_dim 16. Removing half the heads takes a
+    whole KV group (kv_groups) or one query head of each group, keeping both KV heads (query_heads)."""
+    loaded = load_model("tiny-llama")
+    result = prune_model(loaded, build_pruner("osscar", structures="heads", head_units=head_units), 0.5, CALIBRATION)
     attention = loaded.model.model.layers[0].self_attn
-    assert attention.q_proj.out_features == 32 and attention.k_proj.out_features == 16
-    assert attention.v_proj.out_features == 16 and attention.o_proj.in_features == 32
+    assert attention.q_proj.out_features == 32 and attention.o_proj.in_features == 32
+    assert attention.k_proj.out_features == attention.v_proj.out_features == 16 * kv_heads
+    assert attention.num_key_value_groups == 2 // kv_heads
     record = build_record(loaded, result)
+    assert record["recipe"]["head_units"] == head_units
     assert [d["block"] for d in record["diagnostics"]] == [0, 1, 2]  # the solver's objectives, per block
     assert all(0 <= d["heads"]["final"] <= d["heads"]["greedy"] for d in record["diagnostics"])
     save_pruned(loaded, record, tmp_path / "m")
     reloaded = load_model(str(tmp_path / "m"))
-    assert KVGeometry.of(reloaded.model).kv_heads == (1, 1, 1)
+    assert KVGeometry.of(reloaded.model).kv_heads == (kv_heads,) * 3
     ids = torch.randint(3, 1000, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(ids).logits, loaded.model(ids).logits)
         out = reloaded.model.generate(ids, max_new_tokens=3, do_sample=False)  # KV cache with sliced heads
     assert out.shape == (1, 13)
+    manifest = export_artifact(str(tmp_path / "m"), tmp_path / "art", parity_windows=1, parity_seq_len=32)
+    assert all(v["passed"] for k, v in manifest["parity"].items() if k != "tolerance")
+
+
+def _phi3_with_gqa():
+    """tiny-phi3's fused qkv with 4 query heads over 2 KV heads (Phi-3-medium's layout)."""
+    from transformers import Phi3ForCausalLM
+
+    base = load_model("tiny-phi3")
+    config = copy.deepcopy(base.model.config)
+    config.num_key_value_heads = 2
+    torch.manual_seed(0)
+    return replace(base, model=Phi3ForCausalLM(config).eval())
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-phi3-gqa"])
+def test_query_heads_within_groups_slice_like_masking(name):
+    def load():
+        return _phi3_with_gqa() if name == "tiny-phi3-gqa" else load_model(name)
+
+    sliced, masked = load(), load()
+    prune_model(sliced, KeepEvenUnits(structures="heads", head_units="query_heads"), 0.5, CALIBRATION)
+    _mask_like_keep_even(masked.model, masked.spec, "heads", query_heads=True)
+    ids = torch.randint(3, 1000, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(sliced.model(ids).logits, masked.model(ids).logits, rtol=1e-4, atol=1e-4)
+    attention = sliced.model.model.layers[0].self_attn
+    assert attention.num_key_value_groups == 1  # 2 query heads left, one per KV head
 
 
 def test_osscar_then_oats_saves_and_reloads(tmp_path):
@@ -184,3 +251,10 @@ def test_bad_settings_are_clear_errors():
         prune_model(loaded, build_pruner("osscar"), 1.0, CALIBRATION)
     with pytest.raises(SparseDeployError, match="iterations"):
         build_pruner("osscar", iterations=-1)
+    with pytest.raises(SparseDeployError, match="head_units"):
+        build_pruner("osscar", head_units="layers")
+    with pytest.raises(SparseDeployError, match="grouped-query attention"):  # OPT: one KV head per query head
+        prune_model(load_model("tiny-opt"), build_pruner("osscar", structures="heads", head_units="query_heads"), 0.5,
+                    CALIBRATION)
+    with pytest.raises(SparseDeployError, match="remove them all"):  # 2 query heads per KV group: 75% leaves none
+        prune_model(loaded, build_pruner("osscar", structures="heads", head_units="query_heads"), 0.75, CALIBRATION)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.group_selection import GroupSelector
-from pipeline.pruners.structured import Choice, StructuredPruner
+from pipeline.pruners.structured import Choice, StructuredPruner, Units
 from pipeline.statistics import LayerStatistics
 
 
@@ -42,13 +42,13 @@ class OSSCARPruner(StructuredPruner):
         if self.iterations < 0 or min(self.mlp_swap, self.head_swap) < 0:
             raise ValueError("iterations and swap sizes must be >= 0 (0 iterations: greedy only)")
 
-    def choose(self, weight: torch.Tensor, stats: LayerStatistics, unit_size: int, keep: int, kind: str) -> Choice:
-        selector = GroupSelector(weight, stats.hessian, unit_size, self.ridge)
+    def choose(self, weight: torch.Tensor, stats: LayerStatistics, units: Units, kind: str) -> Choice:
+        selector = GroupSelector(weight, stats.hessian, units.size, self.ridge, units.bucket)
         step, swap = (self.mlp_step, self.mlp_swap) if kind == "mlp" else (self.head_step, self.head_swap)
-        selection = selector.select(keep, step, self.iterations, swap)
+        selection = selector.select(units.keep, step, self.iterations, swap)
         return Choice(selection.kept.nonzero().squeeze(1), selection.weight, selection.excess())
 
     def config(self) -> dict:
-        return {**super().config(), "structures": self.structures, "ridge": self.ridge, "mlp_step": self.mlp_step,
+        return {**super().config(), "ridge": self.ridge, "mlp_step": self.mlp_step,
                 "head_step": self.head_step, "iterations": self.iterations, "mlp_swap": self.mlp_swap,
                 "head_swap": self.head_swap}

@@ -3,10 +3,15 @@ many to keep, and the slicing once a method has chosen. A subclass only chooses.
 
 Units are found through the architecture's layouts (``pipeline.architectures``): an MLP
 neuron is one input column of the consumer (down_proj / fc2) and one output row of each
-producer; an attention unit is one KV group (a KV head and the query heads sharing it;
-one head without GQA): ``rep · head_dim`` consumer columns, the query rows of those heads,
-the K and V rows of the KV head. Removing whole KV groups keeps every layer's query/KV
-ratio, so the model stays a valid instance of its architecture.
+producer. Attention units come in two kinds (``head_units``), both keeping the model a valid
+instance of its architecture:
+
+* ``kv_groups`` (default): a KV head with the query heads sharing it (one head without GQA):
+  ``rep · head_dim`` consumer columns, the query rows of those heads, the K and V rows of the
+  KV head. Every layer keeps the model's query/KV ratio; the KV cache shrinks too.
+* ``query_heads`` (GQA only): single query heads (``head_dim`` consumer columns and query
+  rows), every KV group keeping the same number of them, every KV head kept. Finer choices
+  (smollm2: 3 of 9 heads out of 27 ways instead of 3), the same KV cache.
 """
 
 from __future__ import annotations
@@ -21,10 +26,27 @@ from pipeline.architectures import AttentionLayout, MLPLayout
 from pipeline.errors import SparseDeployError
 from pipeline.pruners.base import Pruner
 from pipeline.sequential import BlockContext
-from pipeline.slicing import keep_columns, keep_rows, mark_heads
+from pipeline.slicing import head_counts, keep_columns, keep_rows, mark_heads
 from pipeline.statistics import LayerStatistics, Statistic
 
 STRUCTURES = ("mlp", "heads", "mlp+heads")
+HEAD_UNITS = ("kv_groups", "query_heads")
+
+
+@dataclass(frozen=True)
+class Units:
+    """How a consumer's input columns form removable units: ``size`` columns each, in
+    ``count`` units; consecutive runs of ``bucket`` units each keep ``keep`` of theirs (one
+    bucket of all units: an unconstrained choice of ``keep``)."""
+
+    size: int
+    count: int
+    keep: int
+    bucket: int
+
+    @property
+    def kept(self) -> int:
+        return self.keep * (self.count // self.bucket)
 
 
 @dataclass
@@ -39,22 +61,27 @@ class Choice:
 
 @dataclass
 class StructuredPruner(Pruner):
-    """``structures``: which units to remove (``sparsity`` = the share removed, per block)."""
+    """``structures``: which units to remove (``sparsity`` = the share removed, per block);
+    ``head_units``: KV groups or query heads within groups (see the module docstring)."""
 
     structures: str = "mlp"
+    head_units: str = "kv_groups"
 
     statistics: ClassVar[frozenset[Statistic]] = frozenset({Statistic.GRAM})
 
     def __post_init__(self) -> None:
         if self.structures not in STRUCTURES:
             raise ValueError(f"structures must be one of {', '.join(STRUCTURES)}, got '{self.structures}'")
+        if self.head_units not in HEAD_UNITS:
+            raise ValueError(f"head_units must be one of {', '.join(HEAD_UNITS)}, got '{self.head_units}'")
 
     @abstractmethod
-    def choose(self, weight: torch.Tensor, stats: LayerStatistics, unit_size: int, keep: int,
-               kind: str) -> Choice:
-        """Which ``keep`` units of the consumer ``weight`` (input columns in units of
-        ``unit_size``) to keep; ``kind`` is "mlp" or "heads" (methods may use different
-        step sizes)."""
+    def choose(self, weight: torch.Tensor, stats: LayerStatistics, units: Units, kind: str) -> Choice:
+        """Which ``units`` of the consumer ``weight`` (input columns) to keep; ``kind`` is
+        "mlp" or "heads" (methods may use different step sizes)."""
+
+    def config(self) -> dict:
+        return {**super().config(), "structures": self.structures, "head_units": self.head_units}
 
     def prune_block(self, ctx: BlockContext, sparsity: float) -> dict[str, Any] | None:
         spec = ctx.architecture
@@ -76,13 +103,25 @@ class StructuredPruner(Pruner):
             raise SparseDeployError(f"removing {sparsity:.0%} of {units} {what} in {block} would remove them all")
         return keep
 
+    def _head_units(self, ctx: BlockContext, groups: int, rep: int, head_dim: int, sparsity: float) -> Units:
+        """The attention units of this block: KV groups, or query heads kept evenly per group."""
+        if self.head_units == "kv_groups":
+            keep = self._keep_count(groups, sparsity, "KV groups" if rep > 1 else "heads", ctx.name)
+            return Units(rep * head_dim, groups, keep, groups)
+        if rep == 1:
+            raise SparseDeployError("head_units=query_heads needs grouped-query attention (several query heads per "
+                                    "KV head); this model has one KV head per query head: use head_units=kv_groups")
+        keep = self._keep_count(rep, sparsity, "query heads of each KV group", ctx.name)
+        return Units(head_dim, groups * rep, keep, rep)
+
     def _prune_mlp(self, ctx: BlockContext, layout: MLPLayout, sparsity: float) -> Choice | None:
         consumer = ctx.block.get_submodule(layout.consumer)
         neurons = consumer.in_features
         keep = self._keep_count(neurons, sparsity, "MLP neurons", ctx.name)
         if keep == neurons:
             return None
-        choice = self.choose(consumer.weight.detach().float(), ctx.stats[layout.consumer], 1, keep, "mlp")
+        units = Units(1, neurons, keep, neurons)
+        choice = self.choose(consumer.weight.detach().float(), ctx.stats[layout.consumer], units, "mlp")
         keep_columns(ctx.block, layout.consumer, choice.kept, choice.consumer_weight)
         rows = torch.cat([choice.kept + half * neurons for half in range(layout.halves)])
         for producer in layout.producers:
@@ -91,18 +130,18 @@ class StructuredPruner(Pruner):
 
     def _prune_heads(self, ctx: BlockContext, layout: AttentionLayout, sparsity: float) -> Choice | None:
         config = ctx.config
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        rep = heads // (getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        attention = ctx.block.get_submodule(layout.module)
+        heads, groups = head_counts(attention, config)  # this block's, if an earlier step sliced it
+        rep = heads // groups
         consumer = ctx.block.get_submodule(layout.consumer)
-        groups = consumer.in_features // (rep * head_dim)
-        keep = self._keep_count(groups, sparsity, "KV groups" if rep > 1 else "heads", ctx.name)
-        if keep == groups:
+        units = self._head_units(ctx, groups, rep, head_dim, sparsity)
+        if units.keep == units.bucket:
             return None
-        choice = self.choose(consumer.weight.detach().float(), ctx.stats[layout.consumer], rep * head_dim, keep,
-                             "heads")
-        q_rows = _unit_rows(choice.kept, rep * head_dim)
-        kv_rows = _unit_rows(choice.kept, head_dim)
+        choice = self.choose(consumer.weight.detach().float(), ctx.stats[layout.consumer], units, "heads")
+        q_rows = _unit_rows(choice.kept, units.size)
+        kv_kept = torch.arange(groups) if self.head_units == "query_heads" else choice.kept
+        kv_rows = _unit_rows(kv_kept, head_dim)
         keep_columns(ctx.block, layout.consumer, q_rows, choice.consumer_weight)
         if len(layout.qkv) == 1:  # fused: [q (groups·rep·hd); k (groups·hd); v (groups·hd)]
             q_total, kv_total = groups * rep * head_dim, groups * head_dim
@@ -110,9 +149,9 @@ class StructuredPruner(Pruner):
         else:
             for name, rows in zip(layout.qkv, (q_rows, kv_rows, kv_rows)):
                 keep_rows(ctx.block, name, rows)
-        attention = ctx.block.get_submodule(layout.module)
-        layout.set_heads(attention, keep * rep, keep)
-        mark_heads(attention, keep * rep, keep)
+        kept_heads = len(choice.kept) * (units.size // head_dim)
+        layout.set_heads(attention, kept_heads, len(kv_kept))
+        mark_heads(attention, kept_heads, len(kv_kept))
         return choice
 
 

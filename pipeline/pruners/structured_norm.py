@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.pruners.structured import Choice, StructuredPruner
+from pipeline.pruners.structured import Choice, StructuredPruner, Units
 from pipeline.statistics import LayerStatistics
 
 
@@ -22,13 +22,14 @@ class StructuredNormPruner(StructuredPruner):
 
     name = "structured-norm"
 
-    def choose(self, weight: torch.Tensor, stats: LayerStatistics, unit_size: int, keep: int, kind: str) -> Choice:
-        units = weight.shape[1] // unit_size
+    def choose(self, weight: torch.Tensor, stats: LayerStatistics, units: Units, kind: str) -> Choice:
         score = weight.pow(2).sum(dim=0)
         if self.activations:
             score = score * stats.second_moment
-        score = score.reshape(units, unit_size).sum(dim=1)
-        return Choice(torch.topk(score, keep).indices.sort().values)
+        per_bucket = score.reshape(-1, units.bucket, units.size).sum(dim=2)  # buckets x units per bucket
+        best = torch.topk(per_bucket, units.keep, dim=1).indices
+        kept = best + units.bucket * torch.arange(per_bucket.shape[0])[:, None]
+        return Choice(kept.reshape(-1).sort().values)
 
     def config(self) -> dict:
-        return {**super().config(), "structures": self.structures, "activations": self.activations}
+        return {**super().config(), "activations": self.activations}
