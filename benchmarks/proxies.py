@@ -40,6 +40,7 @@ from export.artifact import export_artifact
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
 from pipeline.data import calibration_samples, token_batches
+from pipeline.environment import source_digest
 from pipeline.models import DEFAULT_MODEL, cache_dir, load_model
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
@@ -109,9 +110,30 @@ class Variant:
         return f"{self.method}{'-owl' if self.owl else ''}-{int(self.sparsity * 100)}-{digest}"
 
 
+def _code_keyed(path: Path) -> Path:
+    """``path`` keyed on the code that fills it (``NAME@DIGEST`` of pipeline/ and export/): a
+    code change makes a fresh entry instead of reusing an old one."""
+    return path.with_name(f"{path.name}@{source_digest('pipeline', 'export')}")
+
+
+def _drop_stale(current: Path) -> None:
+    """Delete the entries of the same name filled by other code versions (each proxy copy
+    weighs gigabytes)."""
+    name = current.name.partition("@")[0]
+    for stale in current.parent.glob(f"{name}@*"):
+        if stale != current and stale.is_dir():
+            log.info("removing %s (filled by another code version)", stale)
+            shutil.rmtree(stale)
+
+
+def _pruned_dir(source: Path, variant: Variant) -> Path:
+    return _code_keyed(source.parent / f"{source.name}-{variant.directory_tag()}")
+
+
 def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> Path:
-    out = source.parent / f"{source.name}-{variant.directory_tag()}"
+    out = _pruned_dir(source, variant)
     if not (out / "config.json").is_file():
+        _drop_stale(out)
         loaded = load_model(str(source))
         batches = proxy_batches(loaded.model.config.vocab_size, samples, seq_len)
         calibration = CalibrationConfig(samples=samples, seq_len=seq_len)
@@ -124,20 +146,22 @@ def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> P
 
 
 def _artifact_dir(model_dir: Path) -> Path:
-    return model_dir.parent / "artifacts" / model_dir.name
+    return _code_keyed(model_dir.parent / "artifacts" / model_dir.name.partition("@")[0])
 
 
 def artifact_for(model_dir: Path) -> Path:
     out = _artifact_dir(model_dir)
     if not (out / "manifest.json").is_file():
+        _drop_stale(out)
         export_artifact(str(model_dir), out, overwrite=True)
     return out
 
 
 def variant_artifact(source: Path, variant: Variant, samples: int, seq_len: int, keep_model: bool) -> Path:
-    """The exported artifact of a pruned twin (cached). Without ``keep_model`` the pruned HF
-    directory is deleted once exported: a 7B-geometry proxy weighs ~2.7 GB per copy."""
-    model_dir = source.parent / f"{source.name}-{variant.directory_tag()}"
+    """The exported artifact of a pruned twin (cached, keyed on the variant and the code).
+    Without ``keep_model`` the pruned HF directory is deleted once exported: a 7B-geometry
+    proxy weighs ~2.7 GB per copy."""
+    model_dir = _pruned_dir(source, variant)
     if (_artifact_dir(model_dir) / "manifest.json").is_file():
         return _artifact_dir(model_dir)
     artifact = artifact_for(prune_proxy(source, variant, samples, seq_len))

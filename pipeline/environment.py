@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import resource
-from importlib import metadata
+from importlib import metadata, util
+from pathlib import Path
 from typing import Any
 
 _PACKAGES = ("sparse-deploy", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy")
@@ -43,6 +45,19 @@ def describe() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "packages": package_versions(),
     }
+
+
+def source_digest(*packages: str) -> str:
+    """A short hash of the Python sources (paths and contents) of ``packages``. Caches of what
+    this code computes are keyed on it, so that a changed pruner or exporter is never answered
+    from a cache its old version filled."""
+    digest = hashlib.sha1()
+    for package in packages:
+        root = Path(util.find_spec(package).origin).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def peak_rss_mb() -> float:

@@ -6,10 +6,11 @@
     DIR/stages/benchmark            latency.{json,md,png}, dense vs pruned, every runtime
     DIR/artifact                    the hand-off: the pruned artifact + report + MODEL_CARD.md + recipe.yaml
 
-Each stage is fingerprinted by its own settings and its inputs' fingerprints, and written
-atomically with the fingerprint in ``stage.json``. A repeated run skips every stage whose
-fingerprint still matches; a changed recipe redoes exactly the stages that depend on the
-change.
+Each stage is fingerprinted by its own settings and its inputs' fingerprints (the model and
+the code of pipeline/, export/ and runtime/ at the root), and written atomically with the
+fingerprint in ``stage.json``. A repeated run skips every stage whose fingerprint still
+matches; a changed recipe redoes exactly the stages that depend on the change, a changed code
+all of them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 
 from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory
+from pipeline.environment import source_digest
 from pipeline.models import load_model
 from pipeline.recipe import Recipe, load_recipe
 
@@ -129,13 +131,14 @@ def run_recipe(path: Path, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, dict[str, Any]] = {}
 
-    source, upstream = recipe.model, fingerprint("model", recipe.model)
+    # The code is part of every stage's inputs: a new version of sparse-deploy redoes the stages.
+    dense_print = fingerprint("model", recipe.model, source_digest("pipeline", "export", "runtime"))
+    source, upstream = recipe.model, dense_print
     for i, step in enumerate(recipe.prune):
         upstream = fingerprint("prune", resolved["prune"][i], resolved["calibration"], upstream)
         stages[f"prune-{i}"] = run_stage(out, f"prune-{i}", upstream, _prune(source, step, recipe))
         source = str(Path(stages[f"prune-{i}"]["dir"]) / "model")
     pruned_print = upstream
-    dense_print = fingerprint("model", recipe.model)
 
     if recipe.evaluate is not None:
         settings = resolved["evaluate"]

@@ -110,6 +110,25 @@ def test_proxy_recipes_parse():
         _apply_recipe(argparse.Namespace(), {"proxy": "llama7b", "variantz": []})
 
 
+def test_proxy_caches_are_keyed_on_the_code(tmp_path, monkeypatch):
+    """A changed pruner or exporter must not be answered from a cache its old version filled."""
+    from benchmarks.proxies import _code_keyed, _drop_stale
+    from pipeline.environment import source_digest
+
+    package = tmp_path / "src" / "fakepkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    before = source_digest("fakepkg")
+    (package / "__init__.py").write_text("x = 2\n")
+    assert source_digest("fakepkg") != before
+    assert _code_keyed(tmp_path / "m").name == f"m@{source_digest('pipeline', 'export')}"
+    for name in ("m@old", "m@new", "m-wanda@old"):
+        (tmp_path / name).mkdir()
+    _drop_stale(tmp_path / "m@new")
+    assert sorted(p.name for p in tmp_path.iterdir() if "@" in p.name) == ["m-wanda@old", "m@new"]
+
+
 @pytest.mark.parametrize("suite", ["baselines", "oats", "osscar"])
 def test_quality_suites_build_their_pruners(suite):
     """A misconfigured suite would otherwise fail only after the dense evaluation, minutes in."""

@@ -104,6 +104,32 @@ def test_second_run_skips_finished_stages_and_a_change_redoes_only_its_dependent
     assert ran == {"evaluate-dense", "evaluate"}
 
 
+def test_a_code_change_makes_every_stage_stale(finished_run, monkeypatch):
+    """A new sparse-deploy version must not be answered from stages its old version wrote."""
+    import pipeline.run as run
+
+    recipe, out, _ = finished_run
+
+    def stale_stages() -> list[str]:
+        stale = []
+
+        def spy(out_, name, print_, produce):  # compares fingerprints, runs nothing
+            marker = json.loads((out_ / "stages" / name / run.STAGE_FILE).read_text())
+            if marker["fingerprint"] != print_:
+                stale.append(name)
+            return {**marker["info"], "dir": str(out_ / "stages" / name), "skipped": True}
+
+        with monkeypatch.context() as patch:
+            patch.setattr(run, "run_stage", spy)
+            run.run_recipe(recipe, out)
+        return stale
+
+    assert stale_stages() == []
+    monkeypatch.setattr(run, "source_digest", lambda *packages: "another-version")
+    assert sorted(stale_stages()) == ["benchmark", "evaluate", "evaluate-dense", "export", "export-dense", "prune-0",
+                                      "prune-1"]  # the artifact follows from their new fingerprints
+
+
 def test_verify_passes_on_the_artifact_and_fails_on_tampered_copies(finished_run, tmp_path, capsys):
     _, out, _ = finished_run
     artifact = out / "artifact"
