@@ -7,7 +7,9 @@ and thin dense ones for the factors. Re-densifying ``S + U·V`` would throw the 
 A fused layer (Phi-3's qkv_proj / gate_up_proj) holds one projection per block of output rows,
 and OATS gives each its own budget and factors. Stacked, U would be block-diagonal: mostly
 zeros stored and multiplied densely. So each projection keeps its own pair ``(Vᵢ, Uᵢ)`` and
-the low-rank outputs are concatenated: ``y = x·Sᵀ + [x·V₁ᵀ·U₁ᵀ, x·V₂ᵀ·U₂ᵀ, ...] + b``.
+the low-rank outputs are concatenated: ``y = x·Sᵀ + [x·V₁ᵀ·U₁ᵀ, x·V₂ᵀ·U₂ᵀ, ...] + b``. A
+projection whose budget rounds to rank 0 has no pair of its own: its rows join a neighbour's
+U as zero rows (a zero-width factor would be an empty initializer in the exported graph).
 
 A model holding such layers records their factor shapes in its config
 (``config.sparse_deploy_factorized``: a rank per layer, or ``[rows, rank]`` per projection of
@@ -55,6 +57,7 @@ class SparseLowRankLinear(nn.Module):
     def from_factors(cls, sparse: torch.Tensor, factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
                      bias: torch.Tensor | None) -> "SparseLowRankLinear":
         """From ``S`` and one ``(U, V)`` per projection (a single pair for a plain layer)."""
+        factors = _absorb_rank_zero(factors)
         module = cls(sparse.shape[1], sparse.shape[0], [u.shape for u, _ in factors], bias is not None)
         with torch.no_grad():
             module.sparse.weight.copy_(sparse)
@@ -86,6 +89,24 @@ class SparseLowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, parts={list(self.parts)}"
+
+
+def _absorb_rank_zero(factors: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(U, V)`` pairs with every rank-0 projection's rows moved into the U of the previous
+    pair (of the next one, before the first pair with a rank) as zero rows; unchanged when no
+    pair has a rank."""
+    merged: list[tuple[torch.Tensor, torch.Tensor]] = []
+    waiting = 0  # zero rows for the next pair with a rank
+    for u, v in factors:
+        if u.shape[1] == 0 and merged:
+            last_u, last_v = merged[-1]
+            merged[-1] = (torch.cat([last_u, last_u.new_zeros(u.shape[0], last_u.shape[1])]), last_v)
+        elif u.shape[1] == 0:
+            waiting += u.shape[0]
+        else:
+            merged.append((torch.cat([u.new_zeros(waiting, u.shape[1]), u]), v))
+            waiting = 0
+    return merged or list(factors)
 
 
 def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -123,9 +123,10 @@ def test_dead_inputs_get_zero_weights(layer):
 
 def test_fused_projections_get_one_budget_and_factor_pair_each(layer):
     weight, stats = layer
-    rows = [8, 16, 24]
-    sparse, factors = OATSPruner(iterations=5).decompose_weight(weight, stats.second_moment, 0.5, rows)
-    ranks = [budget(r, D_IN, 0.5, 0.25).rank for r in rows]
+    rows = [8, 16, 24]  # ranks 1, 2, 3 at 30% compression (at 50% the first would round to 0)
+    sparse, factors = OATSPruner(iterations=5).decompose_weight(weight, stats.second_moment, 0.3, rows)
+    ranks = [budget(r, D_IN, 0.3, 0.25).rank for r in rows]
+    assert min(ranks) > 0
     assert [(u.shape, v.shape) for u, v in factors] == [((r, k), (k, D_IN)) for r, k in zip(rows, ranks)]
     module = SparseLowRankLinear.from_factors(sparse, factors, None)
     x = torch.randn(5, D_IN)
@@ -136,6 +137,21 @@ def test_fused_projections_get_one_budget_and_factor_pair_each(layer):
     assert module.stored_nonzeros() == int((sparse != 0).sum()) + sum(k * (r + D_IN) for r, k in zip(rows, ranks))
     assert sum(p.numel() for p in module.parameters()) == sparse.numel() + sum(k * (r + D_IN)
                                                                                for r, k in zip(rows, ranks))
+
+
+def test_a_rank_zero_projection_stores_no_empty_factor():
+    """A fused layer where one projection's budget rounds to rank 0 (Phi-3 with GQA, high
+    compression): its rows join a neighbour's U as zeros; no zero-size weight is built."""
+    torch.manual_seed(5)
+    rows, ranks = [4, 6, 8, 2], [0, 2, 0, 1]
+    factors = [(torch.randn(r, k), torch.randn(k, D_IN)) for r, k in zip(rows, ranks)]
+    sparse = torch.randn(sum(rows), D_IN)
+    module = SparseLowRankLinear.from_factors(sparse, factors, None)
+    assert module.parts == ((18, 2), (2, 1)) and all(p.numel() > 0 for p in module.parameters())
+    dense = sparse + torch.cat([u @ v for u, v in factors])
+    torch.testing.assert_close(module.dense_weight(), dense)
+    x = torch.randn(3, D_IN)
+    torch.testing.assert_close(module(x), x @ dense.T, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_settings_are_clear_errors():
