@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import statistics
 import subprocess
 import sys
 import time
@@ -150,13 +152,26 @@ CLAIMS = [
 TIME_LIMITS_S = {"wanda-70": 300.0, "oats-50": 300.0}
 
 
+def _paired(better: dict[str, Any], worse: dict[str, Any]) -> str:
+    """Both rows scored the same windows: the mean of the per-window NLL differences with two
+    standard errors, so a tie reads as one (rows from before per-window scores: nothing)."""
+    a, b = better["eval"].get("window_nll"), worse["eval"].get("window_nll")
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return ""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, two_se = statistics.fmean(diffs), 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    verdict = "beyond" if abs(mean) > two_se else "within"
+    return f" (paired over {len(diffs)} windows: mean NLL {mean:+.4f} ± {two_se:.4f}, {verdict} 2 SE)"
+
+
 def _checks(rows: list[dict[str, Any]]) -> list[str]:
     by_name = {r["name"]: r for r in rows}
     lines = []
     for better, worse, claim in CLAIMS:
         if better in by_name and worse in by_name:
             a, b = by_name[better]["perplexity"], by_name[worse]["perplexity"]
-            lines.append(f"- {claim}: {a:.2f} vs {b:.2f}: **{'holds' if a < b else 'does not hold'}**")
+            lines.append(f"- {claim}: {a:.2f} vs {b:.2f}: **{'holds' if a < b else 'does not hold'}**"
+                         f"{_paired(by_name[better], by_name[worse])}")
     for name, limit in TIME_LIMITS_S.items():
         if name in by_name:
             t = by_name[name]["timings_s"]["total_s"]

@@ -21,39 +21,51 @@ from pipeline.data import TextProtocol, evaluation_windows
 
 @dataclass(frozen=True)
 class PerplexityResult:
+    """``window_nll``: mean NLL of each window, so that two models scored on the same windows
+    can be compared pair by pair (a difference's standard error, not just two numbers)."""
+
     perplexity: float
     mean_nll: float
     tokens: int
     protocol: TextProtocol
+    window_nll: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"perplexity": self.perplexity, "mean_nll": self.mean_nll, "tokens": self.tokens,
-                "protocol": self.protocol.to_dict()}
+                "protocol": self.protocol.to_dict(), "window_nll": list(self.window_nll)}
 
 
 @torch.no_grad()
-def window_nll(model: PreTrainedModel | Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor,
-               batch_size: int = 4) -> tuple[float, int]:
-    """Summed next-token NLL over ``windows`` and the number of tokens scored. ``model`` is
-    a causal LM or any function from token ids to logits (an ONNX session, for parity)."""
+def per_window_nll(model: PreTrainedModel | Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor,
+                   batch_size: int = 4) -> torch.Tensor:
+    """Summed next-token NLL of each of ``windows`` (float64; ``windows.shape[1] - 1`` tokens
+    scored in each). ``model`` is a causal LM or any function from token ids to logits (an ONNX
+    session, for parity)."""
     if isinstance(model, PreTrainedModel):
         model.eval()
         lm = model
         model = lambda ids: lm(input_ids=ids, use_cache=False).logits  # noqa: E731
-    total, count = 0.0, 0
+    sums = []
     for batch in tqdm(windows.split(batch_size), desc="perplexity", unit="batch", disable=None):
         logits = model(batch)[:, :-1].float()
         targets = batch[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-        total += float(nll.double().sum())  # float64: a float32 sum loses the digits parity compares
-        count += targets.numel()
-    return total, count
+        sums.append(nll.double().reshape(targets.shape).sum(dim=1))  # float64: float32 loses the digits parity compares
+    return torch.cat(sums)
+
+
+def window_nll(model: PreTrainedModel | Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor,
+               batch_size: int = 4) -> tuple[float, int]:
+    """Summed next-token NLL over ``windows`` and the number of tokens scored."""
+    return float(per_window_nll(model, windows, batch_size).sum()), windows.shape[0] * (windows.shape[1] - 1)
 
 
 def perplexity(model: PreTrainedModel, tokenizer: Any, source: str = "wiki", windows: int = 32,
                seq_len: int = 512, batch_size: int = 4) -> PerplexityResult:
     ids = evaluation_windows(tokenizer, source, windows, seq_len)
-    total, count = window_nll(model, ids, batch_size)
-    mean = total / count
+    sums = per_window_nll(model, ids, batch_size)
+    count = ids.shape[0] * (ids.shape[1] - 1)
+    mean = float(sums.sum()) / count
     protocol = TextProtocol(source=source, windows=windows, seq_len=seq_len, sampling="consecutive")
-    return PerplexityResult(perplexity=math.exp(mean), mean_nll=mean, tokens=count, protocol=protocol)
+    return PerplexityResult(perplexity=math.exp(mean), mean_nll=mean, tokens=count, protocol=protocol,
+                            window_nll=tuple((sums / (ids.shape[1] - 1)).tolist()))

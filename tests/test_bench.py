@@ -129,6 +129,19 @@ def test_proxy_caches_are_keyed_on_the_code(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir() if "@" in p.name) == ["m-wanda@old", "m@new"]
 
 
+def test_claims_compare_paired_windows():
+    from benchmarks.quality import _paired
+
+    def row(nll):
+        return {"eval": {"window_nll": nll}}
+
+    base = [2.0, 3.0, 2.5, 4.0, 3.5, 2.2]
+    assert "beyond 2 SE" in _paired(row([x - 0.05 for x in base]), row(base))  # lower on every window
+    noisy = [x + d for x, d in zip(base, [0.1, -0.1, 0.1, -0.1, 0.1, -0.09])]
+    assert "within 2 SE" in _paired(row(noisy), row(base))  # same mean, window to window noise
+    assert _paired({"eval": {}}, row(base)) == ""  # a row from before per-window scores
+
+
 @pytest.mark.parametrize("suite", ["baselines", "oats", "osscar"])
 def test_quality_suites_build_their_pruners(suite):
     """A misconfigured suite would otherwise fail only after the dense evaluation, minutes in."""

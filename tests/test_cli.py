@@ -1,6 +1,7 @@
 """The CLI: one-line errors, non-zero exits, nothing written on failure, a loadable result."""
 
 import json
+import math
 import re
 
 import pytest
@@ -83,6 +84,9 @@ def test_eval_prints_perplexity(tmp_path, capsys):
     assert result["protocol"] == {"source": "wiki", "windows": 2, "seq_len": 32, "sampling": "consecutive",
                                   "seed": None}
     assert 1 < result["perplexity"] < 1e6
+    assert len(result["window_nll"]) == 2  # per window, for paired comparisons; their mean is the mean NLL
+    assert sum(result["window_nll"]) / 2 == pytest.approx(result["mean_nll"])
+    assert math.exp(result["mean_nll"]) == pytest.approx(result["perplexity"])
 
 
 def test_models_lists_named_models(capsys):
