@@ -62,7 +62,8 @@ def _osscar_suite() -> list[dict[str, Any]]:
         params = {"structures": structures, **extra}
         configs += [
             {"name": f"norm-{tag}", "method": "structured-norm", "sparsity": share, "params": params},
-            {"name": f"osscar-greedy-{tag}", "method": "osscar", "sparsity": share, "params": {**params, "iterations": 0}},
+            {"name": f"osscar-greedy-{tag}", "method": "osscar", "sparsity": share,
+             "params": {**params, "iterations": 0}},
             {"name": f"osscar-{tag}", "method": "osscar", "sparsity": share, "params": params},
         ]
     # A coarser greedy start (100 neurons per step instead of 10): does the local search recover from it?
@@ -198,8 +199,8 @@ def _solver_section(rows: list[dict[str, Any]]) -> list[str]:
             "Reconstruction error of the consumer layers (OSSCAR's objective minus its value with every unit "
             "kept), summed over blocks; the local search accepts a swap only when it lowers this.", "",
             "The last columns: where a block's choice was small enough to enumerate (e.g. 2 of 3 KV groups, or 1-2 "
-            "of 3 query heads per group), in how many blocks the greedy start (no swap could have helped) and the final "
-            "choice were the exact optimum of the layer problem.", "",
+            "of 3 query heads per group), in how many blocks the greedy start (no swap could have helped) and the "
+            "final choice were the exact optimum of the layer problem.", "",
             "| config | units | layers | greedy | final | reduction | swaps accepted | greedy start exactly optimal "
             "| final exactly optimal |",
             "|---|---|---|---|---|---|---|---|---|", *lines]
@@ -236,7 +237,8 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
         "peak RSS is the child process's, loading included.",
         "",
         "- Structured (OSSCAR, norm baseline): target = share of MLP neurons, KV groups (heads33) or query heads "
-        "within each KV group (headsq33 / headsq67: every KV head kept) removed per block, sliced out for real; block params = parameters of the decoder blocks' Linear layers after slicing. "
+        "within each KV group (headsq33 / headsq67: every KV head kept) removed per block, sliced out for real; "
+        "block params = parameters of the decoder blocks' Linear layers after slicing. "
         "OSSCAR: ridge 1e-2, 10 neurons / 2 heads per greedy step, 30 local-search iterations swapping 10 neurons / "
         "5 heads (halved on a rejected swap); greedy = no local search. Norm baseline: ||W[:, unit]||·sqrt(E[x²]), "
         "no refit.",
