@@ -135,7 +135,7 @@ class KeepEvenUnits(StructuredPruner):
     name = "keep-even"
 
     def choose(self, weight, stats, units, kind):
-        return Choice(torch.arange(0, 2 * units.kept, 2))
+        return Choice(torch.arange(0, 2 * units.keep * (units.count // units.bucket), 2))
 
 
 def _mask_like_keep_even(model, spec, structures, query_heads=False):

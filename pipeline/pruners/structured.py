@@ -44,10 +44,6 @@ class Units:
     keep: int
     bucket: int
 
-    @property
-    def kept(self) -> int:
-        return self.keep * (self.count // self.bucket)
-
 
 @dataclass
 class Choice:
