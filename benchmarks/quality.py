@@ -72,6 +72,12 @@ def _osscar_suite() -> list[dict[str, Any]]:
         configs += [{"name": f"osscar-greedy-{tag}-step100", "method": "osscar", "sparsity": share,
                      "params": {**coarse, "iterations": 0}},
                     {"name": f"osscar-{tag}-step100", "method": "osscar", "sparsity": share, "params": coarse}]
+    # Aiming at the dense model's output (the official --fullseq): does a lower objective then mean a lower perplexity?
+    for structures, share, tag, extra in settings:
+        params = {"structures": structures, "target": "dense", **extra}
+        configs += [{"name": f"osscar-greedy-{tag}-dense", "method": "osscar", "sparsity": share,
+                     "params": {**params, "iterations": 0}},
+                    {"name": f"osscar-{tag}-dense", "method": "osscar", "sparsity": share, "params": params}]
     # Query heads with a 100x smaller ridge: is the ridge why a lower layer objective gives a higher perplexity?
     for share, tag in ((1 / 3, "headsq33"), (2 / 3, "headsq67")):
         params = {"structures": "heads", "head_units": "query_heads", "ridge": 1e-4}
@@ -147,6 +153,9 @@ CLAIMS = [
     *((f"osscar-{t}-step100", f"osscar-greedy-{t}-step100",
        f"OSSCAR local search below OSSCAR greedy from a coarse start ({t}, 100 neurons per greedy step)")
       for t in ("mlp25", "mlp50")),
+    *((f"osscar-{t}-dense", f"osscar-greedy-{t}-dense",
+       f"OSSCAR local search below OSSCAR greedy, both aiming at the dense model's output ({t})")
+      for t in ("mlp25", "mlp50", "heads33", "headsq33", "headsq67")),
     *((f"osscar-{t}-ridge1e-4", f"osscar-greedy-{t}-ridge1e-4",
        f"OSSCAR local search below OSSCAR greedy with ridge 1e-4 ({t})") for t in ("headsq33", "headsq67")),
 ]

@@ -4,10 +4,18 @@ For a consumer layer (MLP down projection: input channels = neurons; attention o
 projection: channels grouped by head) with dense weight ``W0`` (``d_out x d_in``) and input
 Gram matrix ``H = XᵀX``, OSSCAR (Meng et al., ICML 2024) solves
 
-    min_W  ½·tr(W H Wᵀ) - tr(W H₀ W0ᵀ)   s.t. at most k groups of W's columns are non-zero,
+    min_W  ½·tr(W H Wᵀ) - tr(W H W0ᵀ)   s.t. at most k groups of W's columns are non-zero,
 
-with ``H = H₀ + λ·mean(diag H₀)·I`` (ridge). For a fixed support S the optimum is the least-
-squares refit ``W_S = (H₀ W0ᵀ)_Sᵀ (H_SS)⁻¹``, so the problem is the choice of S:
+with ``H = H₀ + λ·mean(diag H₀)·I`` (ridge) in both terms, as the official code and the paper
+write it: up to a constant this is ``½·||X(W - W0)ᵀ||² + ½·λ'·||W - W0||²``, so the ridge pulls
+the refit towards the dense weight (with every group kept the refit *is* W0), not towards zero.
+For a fixed support S the optimum is the least-squares refit ``W_S = (H W0ᵀ)_Sᵀ (H_SS)⁻¹``, so
+the problem is the choice of S. Given the cross moment ``C = XᵀX_ref`` with a reference
+model's inputs (the official code's ``fullseq``), the linear term becomes ``tr(W (C + λ'I) W0ᵀ)``:
+the target is then the reference's output ``X_ref W0ᵀ``, so the refit also corrects what earlier
+pruned blocks changed in this layer's inputs.
+
+The choice of S:
 
 * greedy backward removal (OBS): removing group g from the current optimum costs
   ``½·tr(W_g [(H⁻¹)_gg]⁻¹ W_gᵀ)``; remove the ``step`` cheapest, update W and downdate H⁻¹
@@ -72,7 +80,7 @@ class GroupSelector:
     """One consumer layer's statistics; ``select`` solves for a number of kept groups."""
 
     def __init__(self, weight: torch.Tensor, gram: torch.Tensor, group_size: int, ridge: float = 1e-2,
-                 bucket: int | None = None):
+                 bucket: int | None = None, cross: torch.Tensor | None = None):
         d_out, d_in = weight.shape
         if group_size < 1 or d_in % group_size:
             raise ValueError(f"group size {group_size} does not divide the input width {d_in}")
@@ -81,8 +89,10 @@ class GroupSelector:
         if self.bucket < 1 or self.groups % self.bucket:
             raise ValueError(f"bucket size {self.bucket} does not divide the {self.groups} groups")
         h0 = gram.to(torch.float64)
-        self.h = h0 + ridge * torch.diag(h0).mean() * torch.eye(d_in, dtype=torch.float64)
-        self.g = h0 @ weight.to(torch.float64).T  # d_in x d_out: the target's correlation
+        ridge_term = ridge * torch.diag(h0).mean() * torch.eye(d_in, dtype=torch.float64)
+        self.h = h0 + ridge_term
+        target = self.h if cross is None else cross.to(torch.float64) + ridge_term
+        self.g = target @ weight.to(torch.float64).T  # d_in x d_out: the target's correlation
         self.dtype = weight.dtype
 
     # -- bookkeeping over groups --------------------------------------------------------

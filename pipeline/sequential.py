@@ -8,6 +8,13 @@ block; the block, as the callback left it, produces the inputs of the next block
 blocks therefore calibrate on the outputs of already-pruned earlier blocks, and memory holds
 one block's activations for the calibration set, not the whole model's.
 
+When a method asks for the cross moment with a reference (``Statistic.CROSS``), the engine
+also carries a second stream: the model as it entered this pass, its blocks run before the
+visit, on the same tokens. Each layer's inputs are then paired with the reference's inputs
+to the same layer, so a method can aim at the reference's output instead of at its layer's
+own output on already-pruned inputs. It costs one more block forward per batch and one
+more hidden-state set in memory.
+
 The engine knows no method: it only knows which statistics were asked for.
 """
 
@@ -59,6 +66,7 @@ class _BlockInputs:
     hidden: list[torch.Tensor] = field(default_factory=list)
     args: list[tuple] = field(default_factory=list)
     kwargs: list[dict[str, Any]] = field(default_factory=list)
+    reference: list[torch.Tensor] | None = None  # the reference stream's hidden states, when carried
 
 
 class _StopForward(Exception):
@@ -86,39 +94,61 @@ def _capture_first_block_inputs(model: PreTrainedModel, batches: list[dict[str, 
     return captured
 
 
+def _forward(block: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _run_block(block: nn.Module, inputs: _BlockInputs) -> list[torch.Tensor]:
-    outputs = []
-    for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-        out = block(hidden, *args, **kwargs)
-        outputs.append(out[0] if isinstance(out, tuple) else out)
-    return outputs
+    return [_forward(block, *batch) for batch in zip(inputs.hidden, inputs.args, inputs.kwargs)]
 
 
 class _StatisticsCollector:
-    """Forward hooks accumulating :class:`LayerStatistics` for a block's Linear layers."""
+    """Forward hooks accumulating :class:`LayerStatistics` for a block's Linear layers.
 
-    def __init__(self, layers: dict[str, nn.Linear], want: frozenset[Statistic], gram_dtype: torch.dtype):
+    With ``pair=True`` each batch runs twice: first on the block's inputs (statistics, and
+    each distinct layer input kept), then, after ``begin_reference``, on the reference
+    stream's inputs, whose layer inputs are paired with the kept ones."""
+
+    def __init__(self, layers: dict[str, nn.Linear], want: frozenset[Statistic], gram_dtype: torch.dtype,
+                 pair: bool = False):
         self.stats: dict[str, LayerStatistics] = {}
-        self._want, self._gram_dtype = want, gram_dtype
+        self._want, self._gram_dtype, self._pair = want, gram_dtype, pair
         self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # holds refs: ids stay unique
+        self._kept: dict[int, torch.Tensor] = {}  # id(stats) -> this batch's input, awaiting its reference
+        self._reference = False
         self._handles = [layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()]
 
     def _hook(self, name: str) -> Callable:
         def record(_module: nn.Module, inputs: tuple, _output: Any) -> None:
             x = inputs[0]
+            if self._reference:
+                stats = self.stats[name]
+                kept = self._kept.pop(id(stats), None)  # None: a layer sharing an already paired input
+                if kept is not None:
+                    stats.add_reference(kept, x)
+                return
             first = self._seen.get(id(x))
             if first is None:
                 self._seen[id(x)] = (x, name)
                 if name not in self.stats:
                     self.stats[name] = LayerStatistics.empty(x.shape[-1], self._want, self._gram_dtype)
                 self.stats[name].add_batch(x)
+                if self._pair:
+                    self._kept[id(self.stats[name])] = x
             elif self.stats.setdefault(name, self.stats[first[1]]) is not self.stats[first[1]]:
                 raise RuntimeError(f"layer '{name}' changed which tensor it shares between batches")
 
         return record
 
+    def begin_reference(self) -> None:
+        self._reference = True
+
     def end_batch(self) -> None:
+        if self._kept:
+            raise RuntimeError(f"the reference pass did not reach {len(self._kept)} of the block's layer inputs")
         self._seen.clear()
+        self._reference = False
 
     def close(self) -> None:
         for handle in self._handles:
@@ -127,17 +157,21 @@ class _StatisticsCollector:
 
 
 def _collect(block: nn.Module, layers: dict[str, nn.Linear], inputs: _BlockInputs, want: frozenset[Statistic],
-             gram_dtype: torch.dtype) -> tuple[dict[str, LayerStatistics], list[torch.Tensor]]:
-    collector = _StatisticsCollector(layers, want, gram_dtype)
-    outputs = []
+             gram_dtype: torch.dtype) -> tuple[dict[str, LayerStatistics], list[torch.Tensor], list[torch.Tensor]]:
+    """The block's statistics and its outputs on both streams (the reference's: empty when
+    not carried), all from the block as it is before the visit."""
+    collector = _StatisticsCollector(layers, want, gram_dtype, pair=inputs.reference is not None)
+    outputs, reference = [], []
     try:
-        for hidden, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-            out = block(hidden, *args, **kwargs)
-            outputs.append(out[0] if isinstance(out, tuple) else out)
+        for index, batch in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
+            outputs.append(_forward(block, *batch))
+            if inputs.reference is not None:
+                collector.begin_reference()
+                reference.append(_forward(block, inputs.reference[index], *batch[1:]))
             collector.end_batch()
     finally:
         collector.close()
-    return collector.stats, outputs
+    return collector.stats, outputs, reference
 
 
 @torch.no_grad()
@@ -156,6 +190,8 @@ def calibrate_sequentially(
     model.eval()
     try:
         inputs = _capture_first_block_inputs(model, batches)
+        if Statistic.CROSS in statistics:
+            inputs.reference = list(inputs.hidden)  # the streams part from the first visited block on
         prefix = blocks_prefix(model)
         blocks = transformer_blocks(model)
         spec = spec_for(model)
@@ -164,12 +200,14 @@ def calibrate_sequentially(
             block = blocks[index]
             layers = linear_layers(block)
             if statistics:
-                stats, outputs = _collect(block, layers, inputs, statistics, gram_dtype)
+                stats, outputs, reference = _collect(block, layers, inputs, statistics, gram_dtype)
             else:
-                stats, outputs = {}, None
+                stats, outputs, reference = {}, None, []
             changed = visit(BlockContext(index, f"{prefix}.{index}", block, layers, stats, fused, spec, model.config))
             if changed or outputs is None:
                 outputs = _run_block(blocks[index], inputs)
             inputs.hidden = outputs
+            if inputs.reference is not None:
+                inputs.reference = reference
     finally:
         model.train(was_training)

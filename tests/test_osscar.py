@@ -49,6 +49,36 @@ def test_removal_costs_and_return_gains_are_exact(selector):
         assert float(gains[g]) == pytest.approx(partial_obj - selector.refit(back)[1], rel=1e-6)
 
 
+def _objective_up_to_a_constant(x, reference, weight, w, lam):
+    """½·mean||x wᵀ - reference Wᵀ||² + ½·lam·||w - W||² (the constant: terms without w)."""
+    fit = (x @ w.T - reference @ weight.T).pow(2).sum() / len(x)
+    return float(0.5 * fit + 0.5 * lam * (w - weight).pow(2).sum())
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_the_objective_is_the_reconstruction_of_its_target_with_a_ridge_towards_the_dense_weight(with_reference):
+    """Pins the objective's two terms: the ridge is in H *and* in the target term (as the paper and the
+    official code write it), so it pulls towards W0, not towards zero; with a reference's inputs the
+    target is the reference's output."""
+    torch.manual_seed(5)
+    x = outlier_inputs(2000, 12, seed=5).double()
+    reference = x + 0.3 * torch.randn_like(x) if with_reference else x
+    weight = torch.randn(6, 12, dtype=torch.float64)
+    gram, cross = x.T @ x / len(x), x.T @ reference / len(x)
+    selector = GroupSelector(weight, gram, group_size=3, ridge=0.05, cross=cross if with_reference else None)
+    lam = 0.05 * float(torch.diag(gram).mean())
+    a, b = torch.randn_like(weight), torch.randn_like(weight)
+    assert selector.objective(a.T) - selector.objective(b.T) == pytest.approx(
+        _objective_up_to_a_constant(x, reference, weight, a, lam)
+        - _objective_up_to_a_constant(x, reference, weight, b, lam), rel=1e-9)
+    refit = selector.refit(torch.ones(4, dtype=torch.bool))[0].T
+    if not with_reference:  # nothing removed, nothing to correct: the dense weight itself
+        torch.testing.assert_close(refit, weight)
+    else:  # the unconstrained least-squares fit of the reference's output
+        eye = torch.eye(12, dtype=torch.float64)
+        torch.testing.assert_close(refit, weight @ (cross + lam * eye).T @ torch.linalg.inv(gram + lam * eye))
+
+
 def test_refit_is_the_least_squares_optimum(selector):
     kept = _support(selector.groups, list(range(0, 24, 3)))
     wt, obj = selector.refit(kept)
@@ -241,6 +271,16 @@ def test_osscar_then_oats_saves_and_reloads(tmp_path):
         torch.testing.assert_close(reloaded.model(ids).logits, loaded.model(ids).logits)
 
 
+def test_a_dense_target_runs_the_reference_stream_and_says_so():
+    loaded = load_model("tiny-llama")
+    pruner = build_pruner("osscar", structures="mlp+heads", target="dense")
+    result = prune_model(loaded, pruner, 0.5, CALIBRATION)
+    assert build_record(loaded, result)["recipe"]["target"] == "dense"
+    assert loaded.model.model.layers[1].mlp.down_proj.in_features == 64  # of 128 neurons
+    assert len(result.diagnostics) == 3
+    assert all(0 <= d["mlp"]["final"] <= d["mlp"]["greedy"] for d in result.diagnostics)
+
+
 def test_bad_settings_are_clear_errors():
     loaded = load_model("tiny-llama")  # 2 KV groups
     with pytest.raises(SparseDeployError, match="remove them all"):
@@ -253,6 +293,8 @@ def test_bad_settings_are_clear_errors():
         build_pruner("osscar", iterations=-1)
     with pytest.raises(SparseDeployError, match="head_units"):
         build_pruner("osscar", head_units="layers")
+    with pytest.raises(SparseDeployError, match="target must be one of pruned, dense"):
+        build_pruner("osscar", target="teacher")
     with pytest.raises(SparseDeployError, match="grouped-query attention"):  # OPT: one KV head per query head
         prune_model(load_model("tiny-opt"), build_pruner("osscar", structures="heads", head_units="query_heads"), 0.5,
                     CALIBRATION)

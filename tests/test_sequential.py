@@ -108,6 +108,61 @@ def test_sequential_pruning_equals_non_sequential_reference(tiny, method):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def _layer_inputs(model, block_index):
+    """Each Linear's inputs in one block over the calibration batches (one whole-model forward each)."""
+    inputs: dict[str, list[torch.Tensor]] = {}
+    block = transformer_blocks(model)[block_index]
+    handles = [layer.register_forward_hook(lambda m, inp, out, k=name: inputs.setdefault(k, []).append(inp[0]))
+               for name, layer in linear_layers(block).items()]
+    return inputs, handles
+
+
+@torch.no_grad()
+def test_the_cross_moment_pairs_the_pruned_stream_with_the_unpruned_model(tiny):
+    """Block 0 is pruned on the way; block 1's inputs then differ between the two streams and the
+    cross moment must be Σ x_pruned · x_denseᵀ over the same tokens (on block 0, still the Gram matrix)."""
+    loaded = tiny("tiny-llama")
+    dense = copy.deepcopy(loaded.model)
+    batches = lm_batches_for(loaded)
+    seen: dict[int, dict[str, LayerStatistics]] = {}
+
+    def prune_first(ctx: BlockContext) -> bool:
+        seen[ctx.index] = ctx.stats
+        if ctx.index == 0:
+            build_pruner("wanda").prune_block(ctx, 0.6)
+        return ctx.index == 0
+
+    want = frozenset({Statistic.GRAM, Statistic.CROSS})
+    calibrate_sequentially(loaded.model, batches, want, prune_first, gram_dtype=torch.float64)
+    pruned_inputs, h1 = _layer_inputs(loaded.model, 1)
+    dense_inputs, h2 = _layer_inputs(dense, 1)
+    try:
+        for batch in batches:
+            loaded.model(**batch), dense(**batch)
+    finally:
+        for h in h1 + h2:
+            h.remove()
+    for name, stats in seen[1].items():
+        x = torch.cat(pruned_inputs[name]).reshape(-1, stats.cross.shape[0]).double()
+        x_ref = torch.cat(dense_inputs[name]).reshape(-1, stats.cross.shape[0]).double()
+        assert not torch.allclose(x, x_ref)  # the streams really differ after a pruned block
+        torch.testing.assert_close(stats.cross, x.T @ x_ref / len(x), rtol=1e-5, atol=1e-6)
+    for stats in seen[0].values():
+        torch.testing.assert_close(stats.cross, stats.hessian)
+
+
+def test_the_cross_moment_is_refused_when_missing_or_mismatched():
+    stats = LayerStatistics.empty(4, frozenset({Statistic.GRAM}), torch.float64)
+    stats.add_batch(torch.randn(5, 4))
+    with pytest.raises(ValueError, match="not collected"):
+        _ = stats.cross
+    with pytest.raises(ValueError, match="not requested"):
+        stats.add_reference(torch.randn(5, 4), torch.randn(5, 4))
+    paired = LayerStatistics.empty(4, frozenset({Statistic.GRAM, Statistic.CROSS}), torch.float64)
+    with pytest.raises(ValueError, match="do not pair up"):
+        paired.add_reference(torch.randn(5, 4), torch.randn(6, 4))
+
+
 def test_engine_restores_training_mode_and_leaves_no_hooks(tiny):
     loaded = tiny("tiny-llama")
     loaded.model.train()

@@ -11,6 +11,11 @@ units out of the producers and the consumer. Defaults are the official code's: r
 Both consumers are solved with the statistics of one calibration pass through the block (as
 SparseGPT treats all of a block's layers): the MLP's inputs are those of the block before
 its heads were removed.
+
+``target`` says what a consumer's refit reconstructs: ``"pruned"`` (default, the official
+code's default) its own dense weight's output on the inputs it now gets from the already
+pruned blocks; ``"dense"`` (the official ``--fullseq``) the output the unpruned model gives
+on its own inputs, which the engine then runs side by side (one more block forward per batch).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import torch
 
 from pipeline.group_selection import GroupSelector
 from pipeline.pruners.structured import Choice, StructuredPruner, Units
-from pipeline.statistics import LayerStatistics
+from pipeline.statistics import LayerStatistics, Statistic
+
+TARGETS = ("pruned", "dense")
 
 
 @dataclass
@@ -32,18 +39,26 @@ class OSSCARPruner(StructuredPruner):
     iterations: int = 30
     mlp_swap: int = 10
     head_swap: int = 5
+    target: str = "pruned"
 
     name = "osscar"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got '{self.target}'")
         if self.ridge < 0 or min(self.mlp_step, self.head_step) < 1:
             raise ValueError("ridge must be >= 0 and the greedy steps >= 1")
         if self.iterations < 0 or min(self.mlp_swap, self.head_swap) < 0:
             raise ValueError("iterations and swap sizes must be >= 0 (0 iterations: greedy only)")
 
+    @property
+    def statistics(self) -> frozenset[Statistic]:  # type: ignore[override]
+        return frozenset({Statistic.GRAM, Statistic.CROSS} if self.target == "dense" else {Statistic.GRAM})
+
     def choose(self, weight: torch.Tensor, stats: LayerStatistics, units: Units, kind: str) -> Choice:
-        selector = GroupSelector(weight, stats.hessian, units.size, self.ridge, units.bucket)
+        cross = stats.cross if self.target == "dense" else None
+        selector = GroupSelector(weight, stats.hessian, units.size, self.ridge, units.bucket, cross)
         step, swap = (self.mlp_step, self.mlp_swap) if kind == "mlp" else (self.head_step, self.head_swap)
         selection = selector.select(units.keep, step, self.iterations, swap)
         return Choice(selection.kept.nonzero().squeeze(1), selection.weight, selection.excess())
@@ -51,4 +66,4 @@ class OSSCARPruner(StructuredPruner):
     def config(self) -> dict:
         return {**super().config(), "ridge": self.ridge, "mlp_step": self.mlp_step,
                 "head_step": self.head_step, "iterations": self.iterations, "mlp_swap": self.mlp_swap,
-                "head_swap": self.head_swap}
+                "head_swap": self.head_swap, "target": self.target}
