@@ -8,7 +8,7 @@ side in one run:
   ``benchmarks/results/quality_smollm2.{json,md}``;
 * ``oats`` (~30 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
-* ``osscar`` (~55 min): structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
+* ``osscar`` (~85 min): structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
   50% of MLP neurons, of one KV group of heads, and of 1 or 2 query heads within each KV group ->
   ``benchmarks/results/quality_osscar_smollm2.{json,md}``.
 
@@ -224,13 +224,20 @@ def _optimal_share(layers: list[dict[str, float]], stage: str) -> str:
     return f"{optimal} of {len(known)}"
 
 
+def _first_run(measured: str) -> str:
+    """The date of the suite's first full run (older files appended one clause per merge)."""
+    return measured.split(" (rows re-run")[0]
+
+
 def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, notes: list[str] = ()) -> str:
     ev = rows[0]["eval"]["protocol"]
+    measured = _first_run(measured)
     calib = next((r["calibration"] for r in rows if "calibration" in r), {})
     lines = [
         "# Quality: smollm2-135m, held-out perplexity",
         "",
-        f"Measured {measured} on {env['cpu']} ({env['cores']} cores), torch "
+        f"Measured {measured} (rows re-run since carry their own time in the table) on {env['cpu']} "
+        f"({env['cores']} cores), torch "
         f"{env['packages']['torch']}, transformers {env['packages']['transformers']}, Python {env['python']}.",
         "",
         f"- Evaluation: `{ev['source']}` (Wikipedia from exllamav2's calibration set, not WikiText-2), "
@@ -248,12 +255,15 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
         "- Structured (OSSCAR, norm baseline): target = share of MLP neurons, KV groups (heads33) or query heads "
         "within each KV group (headsq33 / headsq67: every KV head kept) removed per block, sliced out for real; "
         "block params = parameters of the decoder blocks' Linear layers after slicing. "
-        "OSSCAR: ridge 1e-2, 10 neurons / 2 heads per greedy step, 30 local-search iterations swapping 10 neurons / "
-        "5 heads (halved on a rejected swap); greedy = no local search. Norm baseline: ||W[:, unit]||·sqrt(E[x²]), "
-        "no refit.",
+        "OSSCAR: ridge 1e-2 (in both terms of the objective: the refit is pulled towards the dense weight), 10 "
+        "neurons / 2 heads per greedy step, 30 local-search iterations swapping 10 neurons / 5 heads (halved on a "
+        "rejected swap); greedy = no local search; `-dense` rows aim at the unpruned model's output (`target=dense`, "
+        "the official `--fullseq`) instead of the layer's own output on already-pruned inputs. Norm baseline: "
+        "||W[:, unit]||·sqrt(E[x²]), no refit.",
         "",
-        "| config | target | achieved sparsity | block params (M) | perplexity | prune time (s) | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| config | target | achieved sparsity | block params (M) | perplexity | prune time (s) | peak RSS (MB) "
+        "| measured |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         target = r.get("target")
@@ -262,7 +272,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
         lines.append(
             f"| {r['name']} | {'-' if target is None else f'{target:.2f}'} | {r['achieved_sparsity']:.4f} | "
             f"{'-' if params is None else f'{params / 1e6:.2f}'} | {r['perplexity']:.2f} | "
-            f"{'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} |"
+            f"{'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} | {r.get('measured', measured)} |"
         )
     lines += [*_solver_section(rows), "", "## Claims checked", "", *_checks(rows)]
     if notes:
@@ -320,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         order = [c["name"] for c in SUITES[args.suite]]
         merged = {r["name"]: r for r in old} | fresh
         rows = sorted(merged.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-        measured = f"{json.loads(json_path.read_text())['measured']} (rows re-run {time.strftime('%Y-%m-%d %H:%M')}: " \
-                   f"{', '.join(fresh)})"
+        measured = _first_run(json.loads(json_path.read_text())["measured"])  # the fresh rows carry their own time
     args.out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"measured": measured, "environment": env, "rows": rows, "notes": notes},
                                     indent=2) + "\n")
