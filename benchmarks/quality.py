@@ -224,14 +224,8 @@ def _optimal_share(layers: list[dict[str, float]], stage: str) -> str:
     return f"{optimal} of {len(known)}"
 
 
-def _first_run(measured: str) -> str:
-    """The date of the suite's first full run (older files appended one clause per merge)."""
-    return measured.split(" (rows re-run")[0]
-
-
 def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, notes: list[str] = ()) -> str:
     ev = rows[0]["eval"]["protocol"]
-    measured = _first_run(measured)
     calib = next((r["calibration"] for r in rows if "calibration" in r), {})
     lines = [
         "# Quality: smollm2-135m, held-out perplexity",
@@ -330,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         order = [c["name"] for c in SUITES[args.suite]]
         merged = {r["name"]: r for r in old} | fresh
         rows = sorted(merged.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-        measured = _first_run(json.loads(json_path.read_text())["measured"])  # the fresh rows carry their own time
+        measured = json.loads(json_path.read_text())["measured"]  # the fresh rows carry their own time
     args.out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"measured": measured, "environment": env, "rows": rows, "notes": notes},
                                     indent=2) + "\n")

@@ -106,14 +106,13 @@ def _run_block(block: nn.Module, inputs: _BlockInputs) -> list[torch.Tensor]:
 class _StatisticsCollector:
     """Forward hooks accumulating :class:`LayerStatistics` for a block's Linear layers.
 
-    With ``pair=True`` each batch runs twice: first on the block's inputs (statistics, and
-    each distinct layer input kept), then, after ``begin_reference``, on the reference
+    With the cross moment wanted each batch runs twice: first on the block's inputs (statistics,
+    and each distinct layer input kept), then, after ``begin_reference``, on the reference
     stream's inputs, whose layer inputs are paired with the kept ones."""
 
-    def __init__(self, layers: dict[str, nn.Linear], want: frozenset[Statistic], gram_dtype: torch.dtype,
-                 pair: bool = False):
+    def __init__(self, layers: dict[str, nn.Linear], want: frozenset[Statistic], gram_dtype: torch.dtype):
         self.stats: dict[str, LayerStatistics] = {}
-        self._want, self._gram_dtype, self._pair = want, gram_dtype, pair
+        self._want, self._gram_dtype, self._pair = want, gram_dtype, Statistic.CROSS in want
         self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # holds refs: ids stay unique
         self._kept: dict[int, torch.Tensor] = {}  # id(stats) -> this batch's input, awaiting its reference
         self._reference = False
@@ -160,7 +159,7 @@ def _collect(block: nn.Module, layers: dict[str, nn.Linear], inputs: _BlockInput
              gram_dtype: torch.dtype) -> tuple[dict[str, LayerStatistics], list[torch.Tensor], list[torch.Tensor]]:
     """The block's statistics and its outputs on both streams (the reference's: empty when
     not carried), all from the block as it is before the visit."""
-    collector = _StatisticsCollector(layers, want, gram_dtype, pair=inputs.reference is not None)
+    collector = _StatisticsCollector(layers, want, gram_dtype)
     outputs, reference = [], []
     try:
         for index, batch in enumerate(zip(inputs.hidden, inputs.args, inputs.kwargs)):
