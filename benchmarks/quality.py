@@ -8,8 +8,9 @@ side in one run:
   ``benchmarks/results/quality_smollm2.{json,md}``;
 * ``oats`` (~30 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
-* ``osscar`` (~105 min: 34 rows, 24 of them took 83 min): structured removal (norm baseline, OSSCAR greedy, OSSCAR + local search) of 25% /
-  50% of MLP neurons, of one KV group of heads, and of 1 or 2 query heads within each KV group ->
+* ``osscar`` (~105 min: 34 rows, 24 of them took 83 min): structured removal (norm baseline, OSSCAR
+  greedy, OSSCAR + local search) of 25% / 50% of MLP neurons, of one KV group of heads, and of 1 or 2
+  query heads within each KV group ->
   ``benchmarks/results/quality_osscar_smollm2.{json,md}``.
 
     python -m benchmarks.quality [--suite oats] [--only NAME ...] [--eval-windows 32]
