@@ -20,9 +20,15 @@ The choice of S:
 * greedy backward removal (OBS): removing group g from the current optimum costs
   ``½·tr(W_g [(H⁻¹)_gg]⁻¹ W_gᵀ)``; remove the ``step`` cheapest, update W and downdate H⁻¹
   with the matching low-rank formulas, repeat;
-* local search: remove ``swap`` more groups the same way, add back the ``swap`` removed
-  groups whose return gains most (Schur complement of H_SS), re-solve, keep the swap only when
-  the objective improved (else halve the swap size). The objective therefore never increases.
+* local search, ``batch`` (the official code's): remove ``swap`` more groups the same way, add
+  back the ``swap`` removed groups whose return gains most (Schur complement of H_SS), re-solve,
+  keep the swap only when the objective improved (else halve the swap size). Removal costs and
+  return gains are each scored against the current support, not against each other, so a
+  batch is a guess that the re-solve then checks;
+* local search, ``exact``: the exact objective change of *every* single swap (one kept group
+  out, one removed group in) from block-inverse updates, best one taken while any improves, so
+  it stops at a true single-swap local optimum (used to measure how much room greedy leaves).
+  Either search never increases the objective.
 
 Units may come in equal *buckets* that each keep the same number (query heads within their KV
 group: every group must keep as many query heads as the others for the model to stay a valid
@@ -49,6 +55,13 @@ import torch
 log = logging.getLogger(__name__)
 
 EXACT_LIMIT = 64  # supports enumerated (one refit each) to report the exact optimum
+SEARCHES = ("batch", "exact")
+
+
+def _diagonal_blocks(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k x k`` blocks on the diagonal of a square matrix, stacked (one per group)."""
+    n = matrix.shape[0] // k
+    return matrix.reshape(n, k, n, k).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
 @dataclass
@@ -147,11 +160,12 @@ class GroupSelector:
     # -- greedy backward removal (OBS with H⁻¹ downdates) -------------------------------
     def _removal_costs(self, wt: torch.Tensor, h_inv: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         k = self.group_size
-        blocks = h_inv.reshape(self.groups, k, self.groups, k).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        blocks = _diagonal_blocks(h_inv, k)
         alive = kept.nonzero().squeeze(1)
         w = wt.reshape(self.groups, k, -1)[alive]
         cost = torch.full((self.groups,), torch.inf, dtype=torch.float64)
-        cost[alive] = 0.5 * (w * (torch.linalg.inv(blocks[alive]) @ w)).sum(dim=(1, 2))  # batched inv: fast for tiny blocks
+        # batched inverse: fast for tiny blocks
+        cost[alive] = 0.5 * (w * (torch.linalg.inv(blocks[alive]) @ w)).sum(dim=(1, 2))
         return cost
 
     def _remove(self, wt: torch.Tensor, h_inv: torch.Tensor, kept: torch.Tensor, count: int, floor: int) -> None:
@@ -196,7 +210,7 @@ class GroupSelector:
         gains = torch.full((self.groups,), -torch.inf, dtype=torch.float64)
         removed = (~kept).nonzero().squeeze(1)
         if len(removed):
-            blocks = schur.reshape(self.groups, k, self.groups, k).diagonal(dim1=0, dim2=2).permute(2, 0, 1)[removed]
+            blocks = _diagonal_blocks(schur, k)[removed]
             r = residual.reshape(self.groups, k, -1)[removed]
             gains[removed] = 0.5 * (r * (torch.linalg.inv(blocks) @ r)).sum(dim=(1, 2))
         return gains
@@ -232,13 +246,69 @@ class GroupSelector:
                 swap //= 2
         return best, history
 
-    def select(self, keep: int, step: int, iterations: int = 0, swap: int = 0) -> Selection:
-        """Greedy removal to ``keep`` groups per bucket, then ``iterations`` of local search."""
+    def swap_deltas(self, kept: torch.Tensor) -> torch.Tensor:
+        """Exact objective change of every single swap: entry (i, j) for kept group i out and
+        removed group j in (``inf`` for pairs that are not such or cross buckets).
+
+        Adding j to S (``T = S ∪ {j}``) lowers the objective by its return gain; removing i from T
+        then costs the OBS removal cost under T, whose ``W_T`` and ``(H_TT⁻¹)_ii`` follow from S's by
+        the block inverse: with ``A = H_SS⁻¹ H_Sj``, ``C = H_jj - H_jS A`` and ``r = G_j - H_jS W_S``,
+        ``W_T,i = W_i - A_i C⁻¹ r`` and ``(H_TT⁻¹)_ii = (H_SS⁻¹)_ii + A_i C⁻¹ A_iᵀ``. One inverse of H_SS
+        scores all pairs."""
+        k, d_out = self.group_size, self.g.shape[1]
+        kept_groups, out_groups = kept.nonzero().squeeze(1), (~kept).nonzero().squeeze(1)
+        deltas = torch.full((self.groups, self.groups), torch.inf, dtype=torch.float64)
+        if not len(out_groups):
+            return deltas
+        s, j = self._channels(kept_groups), self._channels(out_groups)
+        n_s, n_j = len(kept_groups), len(out_groups)
+        p = torch.linalg.inv(self.h[s][:, s])
+        w = p @ self.g[s]
+        b = self.h[s][:, j]
+        a = p @ b
+        h_jj = _diagonal_blocks(self.h[j][:, j], k)
+        c_inv = torch.linalg.inv(h_jj - torch.einsum("pjk,pjl->jkl", b.reshape(-1, n_j, k), a.reshape(-1, n_j, k)))
+        r = (self.g[j] - b.T @ w).reshape(n_j, k, d_out)
+        gain = 0.5 * torch.einsum("jkd,jkl,jld->j", r, c_inv, r)
+        w = w.reshape(n_s, k, d_out)
+        a4 = a.reshape(n_s, k, n_j, k).permute(0, 2, 1, 3)  # (i, j) -> the k x k block A_ij
+        x = a4 @ c_inv  # A_ij C_j⁻¹
+        wr = torch.einsum("ikd,jld->ijkl", w, r)
+        q = (torch.einsum("ikd,ild->ikl", w, w)[:, None] - x @ wr.transpose(-1, -2) - wr @ x.transpose(-1, -2)
+             + x @ torch.einsum("jkd,jld->jkl", r, r)[None] @ x.transpose(-1, -2))  # W_T,i W_T,iᵀ
+        p_ii = _diagonal_blocks(p, k)
+        cost = 0.5 * torch.linalg.solve(p_ii[:, None] + x @ a4.transpose(-1, -2), q).diagonal(dim1=-2, dim2=-1).sum(-1)
+        pairs = cost - gain[None, :]
+        same_bucket = (kept_groups[:, None] // self.bucket) == (out_groups[None, :] // self.bucket)
+        deltas[kept_groups[:, None], out_groups[None, :]] = torch.where(same_bucket, pairs, torch.inf)
+        return deltas
+
+    def exact_search(self, kept: torch.Tensor, iterations: int) -> tuple[torch.Tensor, list[float]]:
+        """Up to ``iterations`` single swaps, each the best of all (exact deltas), while one lowers
+        the objective."""
+        best = kept.clone()
+        history = [self.refit(best)[1]]
+        for _ in range(iterations):
+            deltas = self.swap_deltas(best)
+            pick = int(torch.argmin(deltas))
+            if not float(deltas.view(-1)[pick]) < -1e-12 * max(1.0, abs(history[-1])):
+                break
+            best[pick // self.groups], best[pick % self.groups] = False, True
+            history.append(self.refit(best)[1])
+        return best, history
+
+    def select(self, keep: int, step: int, iterations: int = 0, swap: int = 0, search: str = "batch") -> Selection:
+        """Greedy removal to ``keep`` groups per bucket, then up to ``iterations`` of local search
+        (``batch`` swapping ``swap`` groups, or ``exact`` single swaps)."""
         if not 0 < keep <= self.bucket:
             raise ValueError(f"keep must lie in [1, {self.bucket}] groups per bucket, got {keep}")
+        if search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got '{search}'")
         kept = self.greedy(keep, step)
         history = [self.refit(kept)[1]]
-        if iterations > 0 and swap > 0:
+        if iterations > 0 and search == "exact":
+            kept, history = self.exact_search(kept, iterations)
+        elif iterations > 0 and swap > 0:
             kept, history = self.local_search(kept, iterations, swap)
         wt, obj = self.refit(kept)
         log.debug("kept %d/%d groups, objective %.6g (%d accepted swaps)", int(kept.sum()), self.groups, obj,

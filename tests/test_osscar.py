@@ -115,6 +115,38 @@ def test_small_choices_report_the_exact_optimum():
     assert large.optimum is None and "optimum" not in large.excess()
 
 
+@pytest.mark.parametrize("group_size, bucket", [(1, None), (2, None), (4, 3)])
+def test_swap_deltas_are_the_exact_objective_change_of_every_single_swap(group_size, bucket):
+    torch.manual_seed(6)
+    x = outlier_inputs(3000, 36, seed=6) * (torch.rand(36) * 3)
+    selector = GroupSelector(torch.randn(10, 36), x.T @ x, group_size=group_size, bucket=bucket)
+    kept = (torch.arange(selector.groups) % 3 == 0) if bucket else (torch.arange(selector.groups) % 2 == 0)
+    deltas, base = selector.swap_deltas(kept), selector.refit(kept)[1]
+    for i, j in itertools.product(range(selector.groups), repeat=2):
+        if kept[i] and not kept[j] and i // selector.bucket == j // selector.bucket:
+            swapped = kept.clone()
+            swapped[i], swapped[j] = False, True
+            assert float(deltas[i, j]) == pytest.approx(selector.refit(swapped)[1] - base, rel=1e-6, abs=1e-9)
+        else:  # not a swap, or across buckets (would leave the buckets unequal)
+            assert deltas[i, j] == torch.inf
+
+
+@pytest.mark.parametrize("keep", [6, 12, 18])
+def test_the_exact_search_ends_at_a_single_swap_local_optimum(selector, keep):
+    start = torch.arange(selector.groups) < keep  # an arbitrary support: greedy's is already locally optimal here
+    kept, history = selector.exact_search(start, iterations=200)
+    assert len(history) > 1 and all(b < a for a, b in zip(history, history[1:]))
+    assert history[0] == pytest.approx(selector.refit(start)[1]) and int(kept.sum()) == keep
+    _, obj = selector.refit(kept)
+    for i, j in itertools.product(kept.nonzero().squeeze(1).tolist(), (~kept).nonzero().squeeze(1).tolist()):
+        swapped = kept.clone()
+        swapped[i], swapped[j] = False, True
+        assert selector.refit(swapped)[1] >= obj - 1e-9 * abs(obj)  # brute force: no single swap improves
+    greedy = selector.select(keep, step=4)
+    selected = selector.select(keep, step=4, iterations=200, search="exact")  # through select: starts from greedy
+    assert selected.history[0] == pytest.approx(greedy.objective) and selected.objective <= greedy.objective
+
+
 def test_osscar_beats_the_norm_baseline_on_its_objective():
     torch.manual_seed(1)
     x = outlier_inputs(3000, 48, seed=1) * (torch.rand(48) * 3)
@@ -281,6 +313,15 @@ def test_a_dense_target_runs_the_reference_stream_and_says_so():
     assert all(0 <= d["mlp"]["final"] <= d["mlp"]["greedy"] for d in result.diagnostics)
 
 
+def test_the_exact_search_prunes_end_to_end_and_says_so():
+    loaded = load_model("tiny-llama")
+    result = prune_model(loaded, build_pruner("osscar", structures="mlp+heads", search="exact", iterations=50), 0.5,
+                         CALIBRATION)
+    assert build_record(loaded, result)["recipe"]["search"] == "exact"
+    assert loaded.model.model.layers[0].mlp.down_proj.in_features == 64
+    assert all(0 <= d[kind]["final"] <= d[kind]["greedy"] for d in result.diagnostics for kind in ("mlp", "heads"))
+
+
 def test_bad_settings_are_clear_errors():
     loaded = load_model("tiny-llama")  # 2 KV groups
     with pytest.raises(SparseDeployError, match="remove them all"):
@@ -295,6 +336,8 @@ def test_bad_settings_are_clear_errors():
         build_pruner("osscar", head_units="layers")
     with pytest.raises(SparseDeployError, match="target must be one of pruned, dense"):
         build_pruner("osscar", target="teacher")
+    with pytest.raises(SparseDeployError, match="search must be one of batch, exact"):
+        build_pruner("osscar", search="annealing")
     with pytest.raises(SparseDeployError, match="grouped-query attention"):  # OPT: one KV head per query head
         prune_model(load_model("tiny-opt"), build_pruner("osscar", structures="heads", head_units="query_heads"), 0.5,
                     CALIBRATION)

@@ -6,7 +6,9 @@ OBS removal ``step`` units at a time, then local search swapping ``swap`` units,
 exact least-squares refit of the kept columns. The shared structured base slices the chosen
 units out of the producers and the consumer. Defaults are the official code's: ridge 1e-2,
 10 neurons / 2 heads removed per greedy step, 30 local-search iterations swapping 10 neurons
-/ 5 heads.
+/ 5 heads. ``search="exact"`` replaces the official batch swaps by single swaps scored exactly
+(every pair, best first) until none improves: a true single-swap local optimum, slower per
+swap, used to measure how much a local search can still gain over greedy.
 
 Both consumers are solved with the statistics of one calibration pass through the block (as
 SparseGPT treats all of a block's layers): the MLP's inputs are those of the block before
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.group_selection import GroupSelector
+from pipeline.group_selection import SEARCHES, GroupSelector
 from pipeline.pruners.structured import Choice, StructuredPruner, Units
 from pipeline.statistics import LayerStatistics, Statistic
 
@@ -42,6 +44,7 @@ class OSSCARPruner(StructuredPruner):
     mlp_swap: int = 10
     head_swap: int = 5
     target: str = "pruned"
+    search: str = "batch"
 
     name = "osscar"
 
@@ -49,6 +52,8 @@ class OSSCARPruner(StructuredPruner):
         super().__post_init__()
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got '{self.target}'")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got '{self.search}'")
         if self.ridge < 0 or min(self.mlp_step, self.head_step) < 1:
             raise ValueError("ridge must be >= 0 and the greedy steps >= 1")
         if self.iterations < 0 or min(self.mlp_swap, self.head_swap) < 0:
@@ -62,10 +67,11 @@ class OSSCARPruner(StructuredPruner):
         cross = stats.cross if self.target == "dense" else None
         selector = GroupSelector(weight, stats.hessian, units.size, self.ridge, units.bucket, cross)
         step, swap = (self.mlp_step, self.mlp_swap) if kind == "mlp" else (self.head_step, self.head_swap)
-        selection = selector.select(units.keep, step, self.iterations, swap)
+        selection = selector.select(units.keep, step, self.iterations, swap, self.search)
         return Choice(selection.kept.nonzero().squeeze(1), selection.weight, selection.excess())
 
     def config(self) -> dict:
         return {**super().config(), "ridge": self.ridge, "mlp_step": self.mlp_step,
                 "head_step": self.head_step, "iterations": self.iterations, "mlp_swap": self.mlp_swap,
-                "head_swap": self.head_swap, "target": self.target}
+                "head_swap": self.head_swap, "target": self.target,
+                "search": self.search}
