@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.paired import paired_difference
 from pipeline.environment import describe
 
 if TYPE_CHECKING:
@@ -179,12 +178,12 @@ def _paired(better: dict[str, Any], worse: dict[str, Any]) -> str:
     """Both rows scored the same windows: the mean of the per-window NLL differences with two
     standard errors, so a tie reads as one (rows from before per-window scores: nothing)."""
     a, b = better["eval"].get("window_nll"), worse["eval"].get("window_nll")
-    if not a or not b or len(a) != len(b) or len(a) < 2:
+    paired = paired_difference(a, b) if a and b else None
+    if paired is None:
         return ""
-    diffs = [x - y for x, y in zip(a, b)]
-    mean, two_se = statistics.fmean(diffs), 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean, two_se = paired
     verdict = "beyond" if abs(mean) > two_se else "within"
-    return f" (paired over {len(diffs)} windows: mean NLL {mean:+.4f} ± {two_se:.4f}, {verdict} 2 SE)"
+    return f" (paired over {len(a)} windows: mean NLL {mean:+.4f} ± {two_se:.4f}, {verdict} 2 SE)"
 
 
 def _checks(rows: list[dict[str, Any]]) -> list[str]:

