@@ -16,7 +16,6 @@ exactly this per layer (OBS updates); Wanda and OATS do not. Compare with the pe
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.output import write_results
 from pipeline.environment import describe
 from pipeline.models import DEFAULT_MODEL, load_model
 from pipeline.prune import CalibrationConfig, calibration_batches
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = run(args.blocks, args.compressions)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    log.info("wrote %s.{json,md}", args.out)
+    write_results(args.out, result, markdown(result))
     return 0
 
 

@@ -11,7 +11,6 @@ Target (issue 4): every layer's objective within 1% of the full-SVD reference.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.output import write_results
 from pipeline.environment import describe
 from pipeline.masks import SparsityPattern, prune_mask
 from pipeline.models import DEFAULT_MODEL, load_model
@@ -117,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = run(args.blocks, args.compression, args.iterations)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    log.info("wrote %s.{json,md}", args.out)
+    write_results(args.out, result, markdown(result))
     return 0 if result["summary"]["within_tolerance"] else 1
 
 

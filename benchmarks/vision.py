@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.output import write_results
 from benchmarks.paired import paired_difference
 from pipeline.environment import describe, peak_rss_mb
 from pipeline.images import fashion_mnist
@@ -153,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.with_suffix(".md").write_text(markdown(json.loads(args.out.with_suffix(".json").read_text())))
         return 0
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    log.info("wrote %s.{json,md}", args.out)
+    write_results(args.out, result, markdown(result))
     return 0
 
 
