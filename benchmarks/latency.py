@@ -43,15 +43,16 @@ class BenchSettings:
     batch: int = 1
     threads: int | None = None  # None: all cores
     warmup: int = 3
-    repetitions: int = 20
+    repetitions: int = 10  # timed runs per cell and round
     runtimes: tuple[str, ...] = RUNTIMES
+    rounds: int = 2  # interleaved passes over all artifacts, order reversed every other pass
 
     def __post_init__(self) -> None:
         unknown = set(self.runtimes) - set(RUNTIMES)
         if unknown:
             raise SparseDeployError(f"unknown runtime(s) {', '.join(sorted(unknown))}; choose from {', '.join(RUNTIMES)}")
-        if min(self.seq_len, self.batch, self.repetitions) < 1 or self.past < 0 or self.warmup < 0:
-            raise SparseDeployError("seq_len, batch and repetitions must be >= 1; past and warmup >= 0")
+        if min(self.seq_len, self.batch, self.repetitions, self.rounds) < 1 or self.past < 0 or self.warmup < 0:
+            raise SparseDeployError("seq_len, batch, repetitions and rounds must be >= 1; past and warmup >= 0")
 
 
 def summarize(times: list[float]) -> dict[str, float]:
@@ -91,14 +92,16 @@ def _feeds(artifact: Path, flavour: str, graph: Path, s: BenchSettings) -> dict[
     return {first.name: np.random.default_rng(0).integers(3, 1000, (s.batch, s.seq_len), dtype=np.int64)}
 
 
-def _time(runtime: str, graph: Path, feeds: dict[str, np.ndarray], s: BenchSettings) -> dict[str, Any]:
+def _time(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
+          s: BenchSettings) -> tuple[list[float], dict[str, Any]]:
+    """Timed runs (seconds) of one cell, and what the runtime says about it."""
     if runtime == "onnxruntime":
-        times = time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions)
-        return summarize(times)
+        return time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions), {}
     result = deepsparse_runner.run_deepsparse(graph, feeds, num_cores=s.threads, warmup=s.warmup,
                                               repetitions=s.repetitions)
-    return {**summarize(result.times_s), "compile_s": result.compile_s,
-            "fraction_of_supported_ops": result.fraction_of_supported_ops, "deepsparse": result.versions}
+    return result.times_s, {"compile_s": result.compile_s,
+                            "fraction_of_supported_ops": result.fraction_of_supported_ops,
+                            "deepsparse": result.versions}
 
 
 @dataclass
@@ -112,24 +115,66 @@ class BenchRow:
     error: str | None = None
 
 
-def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = None) -> list[BenchRow]:
-    rows = []
+@dataclass(frozen=True)
+class _Cell:
+    artifact: Path
+    label: str
+    sparsity: float | None
+    flavour: str
+    graph: Path
+
+
+def _cells(artifacts: list[Path], labels: list[str] | None) -> list[_Cell]:
+    cells = []
     for i, artifact in enumerate(artifacts):
         manifest = _manifest(artifact)
-        label = labels[i] if labels else artifact.name
         for flavour, info in manifest["flavours"].items():
-            graph = artifact / info["file"]
-            feeds = _feeds(artifact, flavour, graph, s)
+            cells.append(_Cell(artifact, labels[i] if labels else artifact.name, block_sparsity(manifest), flavour,
+                               artifact / info["file"]))
+    return cells
+
+
+def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = None) -> list[BenchRow]:
+    """Every artifact's graphs in every runtime, in ``s.rounds`` interleaved rounds.
+
+    Why rounds: this machine's speed drifts (measured: ONNX Runtime's decode of one and the
+    same graph went from 50 to 34 ms within a minute), so measuring one artifact after the
+    other credits whichever ran later. In each round the artifacts of one graph and runtime
+    run back to back, in reversed order every other round; each row keeps its per-round
+    medians, and speedups are also taken round by round, between cells minutes apart at most.
+    """
+    cells = _cells(artifacts, labels)
+    times: dict[tuple[int, str], list[float]] = {}
+    rounds: dict[tuple[int, str], list[float]] = {}
+    extra: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    rows = {(i, rt): BenchRow(str(c.artifact), c.label, c.sparsity, c.flavour, rt)
+            for i, c in enumerate(cells) for rt in s.runtimes}
+    flavours = list(dict.fromkeys(c.flavour for c in cells))
+    for r in range(s.rounds):
+        for flavour in flavours:
+            group = [i for i, c in enumerate(cells) if c.flavour == flavour]
             for runtime in s.runtimes:
-                log.info("%s / %s / %s", label, flavour, runtime)
-                row = BenchRow(str(artifact), label, block_sparsity(manifest), flavour, runtime)
-                try:
-                    row.stats = _time(runtime, graph, feeds, s)
-                except SparseDeployError as exc:
-                    row.error = str(exc)
-                    log.error("%s", exc)
-                rows.append(row)
-    return rows
+                for i in group if r % 2 == 0 else group[::-1]:
+                    row, cell = rows[i, runtime], cells[i]
+                    if row.error:
+                        continue  # failed in an earlier round: do not compile it again
+                    log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, flavour, runtime)
+                    try:
+                        t, info = _time(runtime, cell.graph, _feeds(cell.artifact, flavour, cell.graph, s), s)
+                    except SparseDeployError as exc:
+                        row.error = str(exc)
+                        log.error("%s", exc)
+                        continue
+                    times.setdefault((i, runtime), []).extend(t)
+                    rounds.setdefault((i, runtime), []).append(float(np.median(t)) * 1000)
+                    extra.setdefault((i, runtime), []).append(info)
+    for key, row in rows.items():
+        if not row.error:
+            info = extra[key][0]
+            if "compile_s" in info:
+                info = {**info, "compile_s": float(np.median([x["compile_s"] for x in extra[key]]))}
+            row.stats = {**summarize(times[key]), "round_medians_ms": rounds[key], **info}
+    return [rows[i, rt] for i in range(len(cells)) for rt in s.runtimes]
 
 
 def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
@@ -146,8 +191,14 @@ def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
             for r in group:
                 if r is not dense:
                     out.append({"flavour": flavour, "runtime": runtime, "artifact": r.label, "baseline": dense.label,
-                                "sparsity": r.sparsity, "speedup": dense.stats["median_ms"] / r.stats["median_ms"]})
+                                "sparsity": r.sparsity, "speedup": dense.stats["median_ms"] / r.stats["median_ms"],
+                                "round_speedups": _round_ratios(dense.stats, r.stats)})
     return out
+
+
+def _round_ratios(baseline: dict[str, Any], other: dict[str, Any]) -> list[float]:
+    """Baseline over other, round by round: each ratio compares cells measured close in time."""
+    return [b / o for b, o in zip(baseline.get("round_medians_ms", []), other.get("round_medians_ms", []))]
 
 
 def sparse_not_faster(table: list[dict[str, Any]], min_sparsity: float = 0.3) -> list[dict[str, Any]]:
@@ -176,8 +227,12 @@ def _markdown(report: dict[str, Any]) -> str:
              f"Measured {report['measured']} on {env['cpu']}, {env['cores']} cores; onnxruntime "
              f"{env['packages']['onnxruntime']}, deepsparse {ds}, torch {env['packages']['torch']}.", "",
              f"Protocol: batch {s['batch']}; prefill = {s['seq_len']} tokens, no cache; decode = 1 token after "
-             f"{s['past']} cached; threads {s['threads'] or 'all'}; {s['warmup']} warm-up + {s['repetitions']} timed "
-             "runs per cell, median with 10th-90th percentiles; all cells in one run, one after another.", "",
+             f"{s['past']} cached; threads {s['threads'] or 'all'}; all cells in one run, in {s.get('rounds', 1)} "
+             "interleaved rounds (each round runs every artifact of one graph and runtime back to back, in reversed "
+             f"order every other round), each cell {s['warmup']} warm-up + {s['repetitions']} timed runs per round; "
+             "median of all timed runs with 10th-90th percentiles. Speedups: ratio of those medians, and in brackets "
+             "the range of the per-round ratios (this machine's speed drifts: a ratio that moves between rounds is "
+             "that drift, not the artifact).", "",
              "| artifact | block sparsity | graph | runtime | median ms | p10-p90 ms | tokens/s | DeepSparse native ops |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -193,8 +248,8 @@ def _markdown(report: dict[str, Any]) -> str:
                      f"{'-' if frac is None else f'{frac:.1%}'} |")
     lines += ["", "## Speedup over the densest artifact (median / median)", "",
               "| graph | runtime | artifact | block sparsity | speedup |", "|---|---|---|---|---|"]
-    lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['speedup']:.2f}x |"
-              for t in report["speedups"]]
+    lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['speedup']:.2f}x"
+              f"{round_spread(t.get('round_speedups'))} |" for t in report["speedups"]]
     bad = report["sparse_not_faster_in_deepsparse"]
     if bad:
         lines += ["", "**Sparse artifacts not faster than dense in DeepSparse:** " +
@@ -202,6 +257,11 @@ def _markdown(report: dict[str, Any]) -> str:
     for section in report.get("sections", []):
         lines += ["", section]
     return "\n".join(lines) + "\n"
+
+
+def round_spread(ratios: list[float] | None) -> str:
+    """`` (rounds 1.20-1.31x)``: the range of per-round speedups, where there were several rounds."""
+    return f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)" if ratios and len(ratios) > 1 else ""
 
 
 def _fmt(sparsity: float | None) -> str:

@@ -35,7 +35,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, PretrainedConfig
 
-from benchmarks.latency import BenchRow, BenchSettings, measure, write_report
+from benchmarks.latency import BenchRow, BenchSettings, measure, round_spread, write_report
 from export.artifact import export_artifact
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
@@ -179,12 +179,13 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
     table = []
     for flavour in sorted({r.flavour for r in rows}):
         for runtime in sorted({r.runtime for r in rows}):
-            cell = {r.label: r.stats["median_ms"] for r in rows
-                    if r.flavour == flavour and r.runtime == runtime and not r.error}
+            stats = {r.label: r.stats for r in rows if r.flavour == flavour and r.runtime == runtime and not r.error}
+            cell = {label: st["median_ms"] for label, st in stats.items()}
             if not {"dense", "head-only", *baselines.values()} <= cell.keys():
                 continue
             head = cell.pop("head-only")
             block = {k: (v - head) / blocks for k, v in cell.items()}
+            rounds = _round_blocks(stats)
             e2e = {k: head + depth * b for k, b in block.items()}
             for label in cell:
                 if label == "dense":
@@ -193,6 +194,7 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
                          "block_ms": {"dense": block["dense"], label: block[label]},
                          "measured_speedup": cell["dense"] / cell[label],
                          "blocks_speedup": block["dense"] / block[label] if block[label] > 0 else None,
+                         "blocks_round_speedups": [d / v for d, v in zip(rounds["dense"], rounds[label]) if v > 0],
                          f"extrapolated_{depth}_blocks_ms": {"dense": e2e["dense"], label: e2e[label]},
                          "extrapolated_speedup": e2e["dense"] / e2e[label]}
                 baseline = baselines.get(label)
@@ -200,6 +202,8 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
                     entry["vs_baseline"] = {"baseline": baseline,
                                             "blocks_speedup": block[baseline] / block[label] if block[label] > 0
                                             else None,
+                                            "blocks_round_speedups": [b / v for b, v in zip(rounds[baseline],
+                                                                                            rounds[label]) if v > 0],
                                             "measured_speedup": cell[baseline] / cell[label],
                                             "extrapolated_speedup": e2e[baseline] / e2e[label]}
                 table.append(entry)
@@ -215,13 +219,22 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
         b = list(t["block_ms"].values())
         fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
         line = (f"| {t['flavour']} | {t['runtime']} | {t['variant']} | {t['head_ms']:.2f} | {b[0]:.2f} -> {b[1]:.2f} | "
-                f"{fmt(t['blocks_speedup'])} | {t['measured_speedup']:.2f}x | {t['extrapolated_speedup']:.2f}x |")
+                f"{fmt(t['blocks_speedup'])}{round_spread(t['blocks_round_speedups'])} | "
+                f"{t['measured_speedup']:.2f}x | {t['extrapolated_speedup']:.2f}x |")
         if against:
             vs = t.get("vs_baseline")
-            line += (f" {fmt(vs['blocks_speedup'])} (vs {vs['baseline']}) | {fmt(vs['extrapolated_speedup'])} |" if vs
+            line += (f" {fmt(vs['blocks_speedup'])}{round_spread(vs['blocks_round_speedups'])} (vs {vs['baseline']}) | "
+                     f"{fmt(vs['extrapolated_speedup'])} |" if vs
                      else " - | - |")
         lines.append(line)
     return table, "\n".join(lines)
+
+
+def _round_blocks(stats: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-round block times, each round's head-only time subtracted from the same round's."""
+    head = stats["head-only"].get("round_medians_ms", [])
+    return {label: [v - h for v, h in zip(st.get("round_medians_ms", []), head)]
+            for label, st in stats.items() if label != "head-only"}
 
 
 def artifact_sizes(artifacts: dict[str, Path]) -> tuple[dict[str, Any], str]:
@@ -272,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-seq-len", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--past", type=int, default=127)
-    parser.add_argument("--repetitions", type=int, default=20)
+    parser.add_argument("--repetitions", type=int, default=10, help="timed runs per cell and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all artifacts")
     parser.add_argument("--runtime", default="deepsparse,onnxruntime")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--recipe", type=Path, help="a proxy recipe (recipes/proxies/*.yaml): proxy, blocks, "
@@ -295,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     pruned = [variant_artifact(dense_dir, v, args.calib_samples, args.calib_seq_len, args.keep_models)
               for v in variants]
     artifacts = [artifact_for(dense_dir), *pruned, artifact_for(head_dir)]
-    settings = BenchSettings(seq_len=args.seq_len, past=args.past, repetitions=args.repetitions,
+    settings = BenchSettings(seq_len=args.seq_len, past=args.past, repetitions=args.repetitions, rounds=args.rounds,
                              runtimes=tuple(args.runtime.split(",")))
     rows = measure(artifacts, settings, labels=["dense", *labels, "head-only"])
     table, section = decomposition(rows, args.blocks, depth, baselines)

@@ -80,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--threads", type=int, help="cores per runtime (default: all)")
     b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--repetitions", type=int, default=20)
+    b.add_argument("--repetitions", type=int, default=10, help="timed runs per cell and round (default: 10)")
+    b.add_argument("--rounds", type=int, default=2,
+                   help="interleaved rounds over all artifacts, order reversed every other round, so that the "
+                        "machine's drift does not favour one artifact (default: 2)")
     b.add_argument("--out", type=Path, default=Path("out/bench"), help="report directory")
     b.add_argument("--allow-slower", action="store_true",
                    help="do not fail when a sparse artifact is not faster than dense in DeepSparse")
@@ -155,7 +158,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from benchmarks.latency import BenchSettings, bench
 
     settings = BenchSettings(seq_len=args.seq_len, past=args.past, batch=args.batch, threads=args.threads,
-                             warmup=args.warmup, repetitions=args.repetitions,
+                             warmup=args.warmup, repetitions=args.repetitions, rounds=args.rounds,
                              runtimes=tuple(r.strip() for r in args.runtime.split(",") if r.strip()))
     bench(args.artifacts, settings, args.out, allow_slower=args.allow_slower)
     log.info("report: %s", args.out / "latency.md")

@@ -64,7 +64,7 @@ class Benchmark(BenchSettings):
     """The latency settings of ``sparse-deploy bench`` (fewer repetitions by default), plus
     whether a sparse artifact slower than dense in DeepSparse fails the run."""
 
-    repetitions: int = 10
+    repetitions: int = 5
     allow_slower: bool = False
 
 

@@ -75,15 +75,45 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     export_artifact("tiny-llama", art, parity_windows=1, parity_seq_len=32)
     out = tmp_path / "report"
     assert main(["bench", str(art), "--out", str(out), "--repetitions", "3", "--warmup", "1", "--seq-len", "16",
-                 "--past", "8", "--allow-slower"]) == 0
+                 "--past", "8", "--rounds", "2", "--allow-slower"]) == 0
     report = json.loads((out / "latency.json").read_text())
     cells = {(r["flavour"], r["runtime"]) for r in report["rows"] if not r["error"]}
     expected = {(f, r) for f in ("decode", "prefill") for r in ("onnxruntime", "deepsparse")}
     assert cells == expected
-    assert all(r["stats"]["n"] == 3 for r in report["rows"])
+    assert all(r["stats"]["n"] == 6 and len(r["stats"]["round_medians_ms"]) == 2 for r in report["rows"])
     assert report["environment"]["cores"] >= 1
     assert (out / "latency.png").stat().st_size > 10_000
     assert "| dense | 0.00 | decode | deepsparse |" in (out / "latency.md").read_text()
+
+
+def test_rounds_interleave_artifacts_so_drift_favours_none(tmp_path, monkeypatch):
+    """Two identical graphs on a machine that gets 1 ms faster at every call: measured one after
+    the other, the later one would look faster; interleaved in reversed order, they tie."""
+    import benchmarks.latency as latency
+
+    arts = []
+    for name, nonzeros in (("a", 8), ("b", 4)):
+        art = tmp_path / name
+        art.mkdir()
+        weights = {"layers.0.w": {"shape": [2, 4], "nonzeros": nonzeros}}
+        (art / "manifest.json").write_text(json.dumps({"weights": weights, "flavours": {"decode": {"file": "m.onnx"}}}))
+        arts.append(art)
+    calls = []
+
+    def fake_time(runtime, graph, feeds, s):
+        calls.append(graph.parent.name)
+        return [(100 - len(calls)) / 1000], {}
+
+    monkeypatch.setattr(latency, "_time", fake_time)
+    monkeypatch.setattr(latency, "_feeds", lambda *a: {})
+    settings = BenchSettings(repetitions=1, rounds=2, runtimes=("onnxruntime",))
+    rows = latency.measure(arts, settings, labels=["a", "b"])
+    assert calls == ["a", "b", "b", "a"]
+    a, b = (r.stats for r in rows)
+    assert a["round_medians_ms"] == pytest.approx([99, 96]) and b["round_medians_ms"] == pytest.approx([98, 97])
+    assert a["median_ms"] == pytest.approx(b["median_ms"])  # sequential: 99 vs 98, a 1% "speedup" from drift alone
+    (t,) = latency.speedups(rows)
+    assert t["speedup"] == pytest.approx(1.0) and t["round_speedups"] == pytest.approx([99 / 98, 96 / 97])
 
 
 def test_bench_on_a_non_artifact_is_a_clear_error(tmp_path, capsys):
@@ -146,9 +176,11 @@ def test_claims_compare_paired_windows():
 def test_quality_suites_build_their_pruners(suite):
     """A misconfigured suite would otherwise fail only after the dense evaluation, minutes in."""
     from benchmarks.quality import CLAIMS, SUITES, config_pruner
+    from pipeline.prune import CalibrationConfig
 
     names = {c["name"] for c in SUITES[suite]}
     for config in SUITES[suite]:
         if config.get("method"):
             assert config_pruner(config).name == config["method"]
+            CalibrationConfig(**config.get("calibration", {}))  # a misspelt key or bad size raises here
     assert any(better in names and worse in names for better, worse, _ in CLAIMS)
