@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,7 +292,7 @@ def _plot(rows: list[BenchRow], path: Path, title: str) -> None:
         ax.set_ylabel("latency (ms, median, p10-p90)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle("\n".join(textwrap.wrap(title, 50 * len(flavours))), fontsize=10)  # long variant lists wrap
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
