@@ -6,7 +6,8 @@ side in one run:
 
 * ``baselines`` (~40 min on 2 cores): magnitude, Wanda, SparseGPT, OWL ->
   ``benchmarks/results/quality_smollm2.{json,md}``;
-* ``oats`` (~30 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression ->
+* ``oats`` (~50 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression (60% also
+  calibrated on 32 x 2048 tokens) ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
 * ``osscar`` (~125 min: 40 rows; 24 of them took 83 min, the 6 exact-search rows 19 min): structured
   removal (norm baseline, OSSCAR greedy, OSSCAR + batch or exact local search) of 25% / 50% of MLP
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 RESULTS = Path(__file__).parent / "results"
 
 OATS_PARAMS = {"rank_ratio": 0.25, "iterations": 80}  # the paper's configs: kappa 0.25-0.3, 80 iterations
+LONG_CALIBRATION = {"samples": 32, "seq_len": 2048}
 
 
 def _oats_suite() -> list[dict[str, Any]]:
@@ -47,6 +49,10 @@ def _oats_suite() -> list[dict[str, Any]]:
                     {"name": f"owl-oats-{pct}", "method": "oats", "sparsity": s, "params": OATS_PARAMS, "owl": True},
                     {"name": f"oats-{pct}-k30", "method": "oats", "sparsity": s,
                      "params": {**OATS_PARAMS, "rank_ratio": 0.3}}]  # the paper's other rank ratio
+    # The paper calibrates on 2048-token windows; c4.utf8 holds ~78k tokens, so 32 x 2048 (2x our default's
+    # tokens, 4x its context) is as close as this text gets: does the 60% ordering depend on the calibration?
+    configs += [{"name": f"{m}-60-c2048", "method": m, "sparsity": 0.6, "calibration": LONG_CALIBRATION,
+                 **({"params": OATS_PARAMS} if m == "oats" else {})} for m in ("wanda", "sparsegpt", "oats")]
     return configs
 
 
@@ -132,7 +138,8 @@ def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dic
     if config.get("method"):
         pruner = config_pruner(config)
         owl = OWLConfig() if config.get("owl") else None
-        result = prune_model(loaded, pruner, config.get("sparsity"), CalibrationConfig(), owl=owl)
+        calibration = CalibrationConfig(**config.get("calibration", {}))
+        result = prune_model(loaded, pruner, config.get("sparsity"), calibration, owl=owl)
         row.update(recipe=result.method, target=result.target_sparsity, timings_s=result.timings_s,
                    calibration=result.calibration, block_sparsity=result.block_sparsity,
                    diagnostics=result.diagnostics)
@@ -154,6 +161,8 @@ CLAIMS = [
       for p in (50, 60) for m, name in (("wanda", "Wanda"), ("sparsegpt", "SparseGPT"))),
     *((f"owl-oats-{p}", f"oats-{p}", f"OATS+OWL below OATS at {p}%") for p in (50, 60)),
     *((f"oats-{p}-k30", f"sparsegpt-{p}", f"OATS (rank ratio 0.3) below SparseGPT at {p}%") for p in (50, 60)),
+    *(("oats-60-c2048", f"{m}-60-c2048", f"OATS below {name} at 60%, all three calibrated on 32 x 2048 tokens")
+      for m, name in (("wanda", "Wanda"), ("sparsegpt", "SparseGPT"))),
     *((f"osscar-{t}", f"osscar-greedy-{t}", f"OSSCAR local search below OSSCAR greedy ({t})")
       for t in ("mlp25", "mlp50", "heads33", "headsq33", "headsq67")),
     *((f"osscar-greedy-{t}", f"norm-{t}", f"OSSCAR greedy below the norm baseline ({t})")
@@ -236,6 +245,13 @@ def _optimal_share(layers: list[dict[str, float]], stage: str) -> str:
     return f"{optimal} of {len(known)}"
 
 
+def _other_calibrations(rows: list[dict[str, Any]], usual: dict[str, Any]) -> str:
+    """The rows calibrated otherwise than ``usual``, named with their windows x tokens."""
+    other = [f"{r['name']}: {r['calibration']['windows']} x {r['calibration']['seq_len']}" for r in rows
+             if r.get("calibration", usual) != usual]
+    return f"; except {', '.join(other)}" if other else ""
+
+
 def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, notes: list[str] = ()) -> str:
     ev = rows[0]["eval"]["protocol"]
     calib = next((r["calibration"] for r in rows if "calibration" in r), {})
@@ -249,7 +265,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
         f"- Evaluation: `{ev['source']}` (Wikipedia from exllamav2's calibration set, not WikiText-2), "
         f"{ev['windows']} non-overlapping windows x {ev['seq_len']} tokens, fp32, exp(mean token NLL).",
         f"- Calibration: `{calib.get('source')}`, {calib.get('windows')} random windows x {calib.get('seq_len')} "
-        f"tokens, seed {calib.get('seed')} (the papers use 128 x 2048 of C4).",
+        f"tokens, seed {calib.get('seed')} (the papers use 128 x 2048 of C4){_other_calibrations(rows, calib)}.",
         "- OWL: M = 5, lambda = 0.08, one sparsity per block from the dense model's outlier ratios.",
         "- Sparsity: share of zeros in the decoder blocks' Linear weights, counted from the weights "
         "(embeddings and the tied head stay dense). For OATS it is the compression rate: stored non-zeros "
