@@ -32,6 +32,14 @@ def test_speedups_are_against_the_densest_and_slow_sparse_is_flagged():
     assert [(t["artifact"], t["runtime"]) for t in flagged] == [("s70", "deepsparse")]  # ORT is not judged
 
 
+def test_a_sliced_artifact_is_not_taken_for_the_dense_one():
+    """Random dense weights hold a few exact zeros; a sliced artifact holds fewer, and half the weights."""
+    dense = BenchRow("x", "dense", 5.2e-8, "decode", "deepsparse", stats={"median_ms": 20.0}, nonzeros=400)
+    sliced = BenchRow("x", "osscar", 4.9e-8, "decode", "deepsparse", stats={"median_ms": 10.0}, nonzeros=200)
+    (t,) = speedups([sliced, dense])
+    assert (t["artifact"], t["baseline"], t["speedup"]) == ("osscar", "dense", pytest.approx(2.0))
+
+
 def test_decomposition_separates_head_and_blocks():
     rows = [_row("dense", 0.0, 21.0), _row("pruned", 0.7, 11.0), _row("head-only", 0.0, 1.0)]
     (t,), _text = decomposition(rows, blocks=2, depth=32)
