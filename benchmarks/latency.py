@@ -3,7 +3,8 @@
 For each artifact and runtime, in one run: prefill latency (the ``prefill`` graph on a
 ``seq_len``-token input), decode latency per token (the ``decode`` graph: one new token
 after ``past`` cached ones), and the throughputs they imply. Each figure is the median of
-``repetitions`` timed runs after ``warmup`` untimed ones, with the 10th/90th percentiles.
+``rounds`` x ``repetitions`` timed runs (``warmup`` untimed ones per round), with the
+10th/90th percentiles; rounds interleave the artifacts (see :func:`measure`).
 Writes ``latency.json``, ``latency.md`` and ``latency.png`` under the report directory.
 
 DeepSparse runs in its child process; ONNX Runtime runs here with thread spinning off.
