@@ -18,6 +18,7 @@ import json
 import logging
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,37 +159,43 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
     medians, and speedups are also taken round by round, between cells minutes apart at most.
     """
     cells = _cells(artifacts, labels)
-    times: dict[tuple[int, str], list[float]] = {}
-    rounds: dict[tuple[int, str], list[float]] = {}
-    extra: dict[tuple[int, str], list[dict[str, Any]]] = {}
     rows = {(i, rt): BenchRow(str(c.artifact), c.label, c.sparsity, c.flavour, rt, nonzeros=c.nonzeros)
             for i, c in enumerate(cells) for rt in s.runtimes}
-    flavours = list(dict.fromkeys(c.flavour for c in cells))
-    for r in range(s.rounds):
-        for flavour in flavours:
-            group = [i for i, c in enumerate(cells) if c.flavour == flavour]
-            for runtime in s.runtimes:
-                for i in group if r % 2 == 0 else group[::-1]:
-                    row, cell = rows[i, runtime], cells[i]
-                    if row.error:
-                        continue  # failed in an earlier round: do not compile it again
-                    log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, flavour, runtime)
-                    try:
-                        t, info = _time(runtime, cell.graph, _feeds(cell.artifact, flavour, cell.graph, s), s)
-                    except SparseDeployError as exc:
-                        row.error = str(exc)
-                        log.error("%s", exc)
-                        continue
-                    times.setdefault((i, runtime), []).extend(t)
-                    rounds.setdefault((i, runtime), []).append(float(np.median(t)) * 1000)
-                    extra.setdefault((i, runtime), []).append(info)
+    runs: dict[tuple[int, str], list[tuple[list[float], dict[str, Any]]]] = {key: [] for key in rows}
+    for r, i, runtime in _schedule(cells, s):
+        row, cell = rows[i, runtime], cells[i]
+        if row.error:
+            continue  # failed in an earlier round: do not compile it again
+        log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, cell.flavour, runtime)
+        try:
+            runs[i, runtime].append(_time(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, cell.graph, s), s))
+        except SparseDeployError as exc:
+            row.error = str(exc)
+            log.error("%s", exc)
     for key, row in rows.items():
         if not row.error:
-            info = extra[key][0]
-            if "compile_s" in info:
-                info = {**info, "compile_s": float(np.median([x["compile_s"] for x in extra[key]]))}
-            row.stats = {**summarize(times[key]), "round_medians_ms": rounds[key], **info}
-    return [rows[i, rt] for i in range(len(cells)) for rt in s.runtimes]
+            row.stats = _pooled(runs[key])
+    return list(rows.values())
+
+
+def _schedule(cells: list[_Cell], s: BenchSettings) -> Iterator[tuple[int, int, str]]:
+    """``(round, cell index, runtime)`` in measuring order: per round, per graph flavour and
+    runtime, every artifact back to back, reversed every other round."""
+    for r in range(s.rounds):
+        for flavour in dict.fromkeys(c.flavour for c in cells):
+            group = [i for i, c in enumerate(cells) if c.flavour == flavour]
+            for runtime in s.runtimes:
+                yield from ((r, i, runtime) for i in (group if r % 2 == 0 else group[::-1]))
+
+
+def _pooled(runs: list[tuple[list[float], dict[str, Any]]]) -> dict[str, Any]:
+    """One cell's rounds as one row: statistics of all timed runs, each round's median, and
+    what the runtime reported (DeepSparse's compile time as the median over rounds)."""
+    info = runs[0][1]
+    if "compile_s" in info:
+        info = {**info, "compile_s": float(np.median([i["compile_s"] for _, i in runs]))}
+    return {**summarize([t for times, _ in runs for t in times]),
+            "round_medians_ms": [float(np.median(times)) * 1000 for times, _ in runs], **info}
 
 
 def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
@@ -208,13 +215,15 @@ def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
                 if r is not dense:
                     out.append({"flavour": flavour, "runtime": runtime, "artifact": r.label, "baseline": dense.label,
                                 "sparsity": r.sparsity, "speedup": dense.stats["median_ms"] / r.stats["median_ms"],
-                                "round_speedups": _round_ratios(dense.stats, r.stats)})
+                                "round_speedups": round_ratios(dense.stats.get("round_medians_ms", []),
+                                                               r.stats.get("round_medians_ms", []))})
     return out
 
 
-def _round_ratios(baseline: dict[str, Any], other: dict[str, Any]) -> list[float]:
-    """Baseline over other, round by round: each ratio compares cells measured close in time."""
-    return [b / o for b, o in zip(baseline.get("round_medians_ms", []), other.get("round_medians_ms", []))]
+def round_ratios(baseline_ms: list[float], other_ms: list[float]) -> list[float]:
+    """Baseline over other, round by round: each ratio compares times measured close together
+    (a non-positive time, e.g. a block time below the noise, gives no ratio)."""
+    return [b / o for b, o in zip(baseline_ms, other_ms) if o > 0]
 
 
 def sparse_not_faster(table: list[dict[str, Any]], min_sparsity: float = 0.3) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, PretrainedConfig
 
-from benchmarks.latency import BenchRow, BenchSettings, measure, round_spread, write_report
+from benchmarks.latency import BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
 from export.artifact import export_artifact
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
@@ -194,7 +194,7 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
                          "block_ms": {"dense": block["dense"], label: block[label]},
                          "measured_speedup": cell["dense"] / cell[label],
                          "blocks_speedup": block["dense"] / block[label] if block[label] > 0 else None,
-                         "blocks_round_speedups": [d / v for d, v in zip(rounds["dense"], rounds[label]) if v > 0],
+                         "blocks_round_speedups": round_ratios(rounds["dense"], rounds[label]),
                          f"extrapolated_{depth}_blocks_ms": {"dense": e2e["dense"], label: e2e[label]},
                          "extrapolated_speedup": e2e["dense"] / e2e[label]}
                 baseline = baselines.get(label)
@@ -202,8 +202,7 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
                     entry["vs_baseline"] = {"baseline": baseline,
                                             "blocks_speedup": block[baseline] / block[label] if block[label] > 0
                                             else None,
-                                            "blocks_round_speedups": [b / v for b, v in zip(rounds[baseline],
-                                                                                            rounds[label]) if v > 0],
+                                            "blocks_round_speedups": round_ratios(rounds[baseline], rounds[label]),
                                             "measured_speedup": cell[baseline] / cell[label],
                                             "extrapolated_speedup": e2e[baseline] / e2e[label]}
                 table.append(entry)
