@@ -152,8 +152,8 @@ def _cells(artifacts: list[Path], labels: list[str] | None) -> list[_Cell]:
 def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = None) -> list[BenchRow]:
     """Every artifact's graphs in every runtime, in ``s.rounds`` interleaved rounds.
 
-    Why rounds: this machine's speed drifts (measured: ONNX Runtime's decode of one and the
-    same graph went from 50 to 34 ms within a minute), so measuring one artifact after the
+    Why rounds: this machine's speed drifts (``benchmarks.drift``: one dense decode graph's
+    medians ranged 47.8-64.7 ms within a few minutes), so measuring one artifact after the
     other credits whichever ran later. In each round the artifacts of one graph and runtime
     run back to back, in reversed order every other round; each row keeps its per-round
     medians, and speedups are also taken round by round, between cells minutes apart at most.

@@ -192,3 +192,18 @@ def test_quality_suites_build_their_pruners(suite):
             assert config_pruner(config).name == config["method"]
             CalibrationConfig(**config.get("calibration", {}))  # a misspelt key or bad size raises here
     assert any(better in names and worse in names for better, worse, _ in CLAIMS)
+
+
+def test_drift_report_renders_both_protocols():
+    from benchmarks.drift import markdown
+
+    result = {"measured": "t", "environment": {"cpu": "cpu", "cores": 2, "packages": {"onnxruntime": "1"}},
+              "settings": {"proxy": "p", "sparse": "wanda 60%", "graph": "decode", "pairs": 2, "block": 5,
+                           "sequential_runs": 20},
+              "sequential_speedup": {"dense_first": 0.83, "sparse_first": 0.89},
+              "interleaved_ms": {"dense": [50.0, 60.0], "sparse": [51.0, 59.0]}, "interleaved_speedup": 1.0,
+              "pair_speedups": [50 / 51, 60 / 59]}
+    text = markdown(result)
+    assert "| sequential, dense first (20 runs each) | 0.83x |" in text
+    assert "| interleaved (2 pairs of 5-run blocks, medians of all) | 1.00x |" in text
+    assert "range 50.0-60.0 ms" in text
