@@ -6,7 +6,7 @@ side in one run:
 
 * ``baselines`` (~40 min on 2 cores): magnitude, Wanda, SparseGPT, OWL ->
   ``benchmarks/results/quality_smollm2.{json,md}``;
-* ``oats`` (~50 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression (60% also
+* ``oats`` (~60 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression (60% also
   calibrated on 32 x 2048 tokens) ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
 * ``osscar`` (~125 min: 40 rows; 24 of them took 83 min, the 6 exact-search rows 19 min): structured
