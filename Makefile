@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_OUT ?= out/demo
 
-.PHONY: install install-datasets demo test test-fast bench-quality bench-oats bench-vision clean
+.PHONY: install install-datasets demo test test-fast bench-quality bench-oats bench-vision clean clean-cache
 
 install: $(VENV)/.stamp $(DS_VENV)/.stamp
 
@@ -45,3 +45,8 @@ bench-vision: install install-datasets
 
 clean:
 	rm -rf $(VENV) $(DS_VENV) out .pytest_cache
+
+# Materialized models and the latency proxies (a LLaMA-7B-geometry artifact weighs ~5 GB;
+# the shipped proxy recipes fill ~57 GB). Everything in it is rebuilt on demand.
+clean-cache:
+	rm -rf "$${SPARSE_DEPLOY_CACHE:-$$HOME/.cache/sparse-deploy}"

@@ -126,6 +126,10 @@ def _drop_stale(current: Path) -> None:
             shutil.rmtree(stale)
 
 
+def _tree_bytes(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
 def _pruned_dir(source: Path, variant: Variant) -> Path:
     return _code_keyed(source.parent / f"{source.name}-{variant.directory_tag()}")
 
@@ -319,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"random weights), dense vs {recipes}",
                           extra={"decomposition": table, "artifacts": sizes, "sections": [section, size_section]})
     log.info("wrote %s", out / "latency.md")
+    log.info("the proxy cache %s now holds %.1f GB (`make clean-cache` empties it)", dense_dir.parent,
+             _tree_bytes(dense_dir.parent) / 1e9)
     return 1 if report["sparse_not_faster_in_deepsparse"] else 0
 
 
