@@ -1,7 +1,8 @@
 """Where do DeepSparse's unstructured sparse kernels pay off on this machine?
 
 Three sweeps of small random-weight graphs with a random unstructured share of zeros, every
-sparse cell compared with its dense twin in the same run:
+sparse cell compared with its dense twin in the same run, the graphs of one comparison timed in
+interleaved rounds (``measure_group``):
 
 * break-even: a chain 4096 -> 11008 -> 4096 -> 11008 -> 4096 (LLaMA-7B's MLP widths) of
   Gemm (transB, bias) + Relu, for several sparsities and numbers of rows (batch x tokens: 1 is
@@ -37,10 +38,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.latency import summarize
+from benchmarks.latency import interleaved, round_ratios, summarize
 from pipeline.environment import describe
 from pipeline.pruners.oats import budget
-from runtime.deepsparse_runner import run_deepsparse
+from runtime.deepsparse_runner import DeepSparseResult, run_deepsparse
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN, INTERMEDIATE = 4096, 11008
@@ -50,6 +51,7 @@ FORM_SPARSITIES = (0.0, 0.7, 0.9)
 COMPRESSIONS = (0.5, 0.6, 0.7, 0.8, 0.9)
 COMPRESSION_ROWS = (1, 128)
 RANK_RATIO = 0.25  # OATS's default κ (pipeline.pruners.oats)
+ROUNDS, WARMUP, REPETITIONS = 2, 5, 20  # per cell and round: 40 timed runs per cell in all
 
 
 @dataclass(frozen=True)
@@ -155,59 +157,99 @@ def build_graph(path: Path, form: Form, rows: int, sparsity: float, rank_ratio: 
     return shape
 
 
-def measure(form: Form, rows: int, sparsity: float, work: Path, rank_ratio: float = 0.0) -> dict[str, Any]:
-    """Build one graph and time it in DeepSparse (10 warm-up + 40 timed runs)."""
-    path = work / "graph.onnx"
-    shape = build_graph(path, form, rows, sparsity, rank_ratio)
-    result = run_deepsparse(path, {"x": np.ones(shape, np.float32)}, warmup=10, repetitions=40)
-    cell = {"form": form.label, "rows": rows, "sparsity": sparsity, "rank_ratio": rank_ratio,
-            **summarize(result.times_s), "native_ops": result.fraction_of_supported_ops,
-            "deepsparse": result.versions["deepsparse"]}
-    logging.info("%s, rows %d, sparsity %.2f, rank ratio %.2f: %.2f ms", form.label, rows, sparsity, rank_ratio,
-                 cell["median_ms"])
-    return cell
+@dataclass(frozen=True)
+class Cell:
+    """One graph of a sweep: its form, rows, share of the dense count not stored, and (OATS
+    shape) rank ratio."""
+
+    form: Form
+    rows: int
+    sparsity: float
+    rank_ratio: float = 0.0
+
+
+def _row(cell: Cell, results: list[DeepSparseResult]) -> dict[str, Any]:
+    """One cell's rounds as one row: statistics of all timed runs and each round's median."""
+    row = {"form": cell.form.label, "rows": cell.rows, "sparsity": cell.sparsity, "rank_ratio": cell.rank_ratio,
+           **summarize([t for r in results for t in r.times_s]),
+           "round_medians_ms": [float(np.median(r.times_s)) * 1000 for r in results],
+           "native_ops": results[0].fraction_of_supported_ops, "deepsparse": results[0].versions["deepsparse"]}
+    logging.info("%s, rows %d, sparsity %.2f, rank ratio %.2f: %.2f ms", cell.form.label, cell.rows, cell.sparsity,
+                 cell.rank_ratio, row["median_ms"])
+    return row
+
+
+def measure_group(cells: list[Cell], work: Path) -> list[dict[str, Any]]:
+    """Build every graph of one comparison, then time them in ``ROUNDS`` interleaved rounds
+    (``benchmarks.latency.interleaved``): measured one after another, a drift of the machine's
+    speed would pass for a speedup. Speedups are against the group's first cell, as the ratio
+    of pooled medians and round by round."""
+    paths = [work / f"graph{i}.onnx" for i in range(len(cells))]
+    feeds = [{"x": np.ones(build_graph(path, c.form, c.rows, c.sparsity, c.rank_ratio), np.float32)}
+             for path, c in zip(paths, cells)]
+    results: list[list[DeepSparseResult]] = [[] for _ in cells]
+    try:
+        for r in range(ROUNDS):
+            for i in interleaved(list(range(len(cells))), r):
+                results[i].append(run_deepsparse(paths[i], feeds[i], warmup=WARMUP, repetitions=REPETITIONS))
+    finally:
+        for path in paths:  # a 4096 <-> 11008 chain weighs 0.7 GB on disk
+            path.unlink(missing_ok=True)
+    rows = [_row(c, res) for c, res in zip(cells, results)]
+    for row in rows:
+        row["speedup"] = rows[0]["median_ms"] / row["median_ms"]
+        row["round_speedups"] = round_ratios(rows[0]["round_medians_ms"], row["round_medians_ms"])
+    return rows
 
 
 def sweep(form: Form, rows: int, sparsities: tuple[float, ...], work: Path) -> list[dict[str, Any]]:
-    """Time the form at each sparsity; speedups are against its first (dense) cell."""
-    cells = [measure(form, rows, sparsity, work) for sparsity in sparsities]
-    for cell in cells:
-        cell["speedup"] = cells[0]["median_ms"] / cell["median_ms"]
-    return cells
+    """The form at each sparsity, against its first (dense) cell."""
+    return measure_group([Cell(form, rows, sparsity) for sparsity in sparsities], work)
 
 
 COMPRESSION_FORM = FORMS[3]  # MatMul only, 3-D: how the exported decode graph spells a Linear
 
 
 def sweep_compression(rows: int, work: Path) -> list[dict[str, Any]]:
-    """Dense, then unstructured vs OATS-shaped at each compression, interleaved so that a
-    drift of the machine hits both alike. Speedups are against the dense cell; each OATS
-    cell also carries its ratio to the unstructured cell of the same compression."""
-    dense = measure(COMPRESSION_FORM, rows, 0.0, work)
-    cells = [dense]
+    """Dense, then unstructured and OATS-shaped at each compression, all in one interleaved
+    group. Speedups are against the dense cell; each OATS cell also carries its ratio to the
+    unstructured cell of the same compression (pooled and per round)."""
+    cells = [Cell(COMPRESSION_FORM, rows, 0.0)]
     for compression in COMPRESSIONS:
-        unstructured = measure(COMPRESSION_FORM, rows, compression, work)
-        oats = measure(COMPRESSION_FORM, rows, compression, work, RANK_RATIO)
+        cells += [Cell(COMPRESSION_FORM, rows, compression), Cell(COMPRESSION_FORM, rows, compression, RANK_RATIO)]
+    measured = measure_group(cells, work)
+    for unstructured, oats in zip(measured[1::2], measured[2::2]):
         oats["vs_unstructured"] = unstructured["median_ms"] / oats["median_ms"]
-        cells += [unstructured, oats]
-    for cell in cells:
-        cell["speedup"] = dense["median_ms"] / cell["median_ms"]
-    return cells
+        oats["vs_unstructured_rounds"] = round_ratios(unstructured["round_medians_ms"], oats["round_medians_ms"])
+    return measured
+
+
+def _spread(ratios: list[float] | None) -> str:
+    return f", rounds {min(ratios):.2f}-{max(ratios):.2f}" if ratios and len(ratios) > 1 else ""
 
 
 def _cell(c: dict[str, Any]) -> str:
-    return f"{c['median_ms']:.1f} ms ({c['speedup']:.2f}x)"
+    return f"{c['median_ms']:.1f} ms ({c['speedup']:.2f}x{_spread(c.get('round_speedups'))})"
+
+
+PROTOCOL = (f"graphs of one comparison built first, then timed in {ROUNDS} interleaved rounds (back to back, "
+            f"reversed every other round), {WARMUP} warm-up + {REPETITIONS} timed runs per cell and round; median "
+            "of all timed runs (p10/p90 in the JSON), speedup = ratio of medians, in brackets the range of the "
+            "per-round ratios")
+SEQUENTIAL = "cells timed one after another, 10 warm-up + 40 timed runs each (before interleaved rounds)"
 
 
 def render(data: dict[str, Any]) -> str:
     env, cells = data["environment"], data["break_even"]
+    protocols = data.get("protocols", {})
     lines = ["# DeepSparse unstructured-sparsity break-even on this machine", "",
              f"Measured {_dates(data)} on {env['cpu']}, {env['cores']} cores, deepsparse {cells[0]['deepsparse']}. "
-             "Random weights, random unstructured zeros; 10 warm-up + 40 timed runs per cell, median (p10/p90 in the "
-             "JSON); speedup vs the dense graph of the same form and rows, measured in the same run.", "",
-             f"## Break-even: chain {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN}, "
-             f"{BREAK_EVEN.label}", "",
-             "| rows | " + " | ".join(f"{s:.0%}" for s in SPARSITIES) + " |", "|---|" + "---|" * len(SPARSITIES)]
+             "Random weights, random unstructured zeros; speedup vs the dense graph of the same form and rows, "
+             "measured in the same run. Protocol:", ""]
+    lines += [f"- {key}: {protocols.get(key, SEQUENTIAL)}" for key in data["measured_sweeps"]]
+    lines += ["", f"## Break-even: chain {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN}, "
+              f"{BREAK_EVEN.label}", "",
+              "| rows | " + " | ".join(f"{s:.0%}" for s in SPARSITIES) + " |", "|---|" + "---|" * len(SPARSITIES)]
     for rows in ROWS:
         lines.append(f"| {rows} | " + " | ".join(_cell(c) for c in cells if c["rows"] == rows) + " |")
     forms = data.get("forms", [])
@@ -242,8 +284,9 @@ def _render_compression(cells: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {rows} | dense | - | {dense['median_ms']:.1f} ms | - | - |")
         for unstructured, oats in zip(here[1::2], here[2::2]):
             s_sparsity = budget(HIDDEN, INTERMEDIATE, oats["sparsity"], RANK_RATIO).sparse_sparsity
+            vs = f"{oats['vs_unstructured']:.2f}x{_spread(oats.get('vs_unstructured_rounds'))}"
             lines.append(f"| {rows} | {oats['sparsity']:.0%} | {s_sparsity:.1%} | {_cell(unstructured)} | "
-                         f"{_cell(oats)} | {oats['vs_unstructured']:.2f}x |")
+                         f"{_cell(oats)} | {vs} |")
     return lines
 
 
@@ -265,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in [args.only] if args.only else SWEEPS:
             data[key.replace("-", "_")] = SWEEPS[key](Path(tmp))
             data.setdefault("measured_sweeps", {})[key] = time.strftime("%Y-%m-%d %H:%M")
+            data.setdefault("protocols", {})[key] = PROTOCOL
     data.update(measured=time.strftime("%Y-%m-%d %H:%M"), environment=describe())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "deepsparse_kernels.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -178,14 +178,21 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
     return list(rows.values())
 
 
+def interleaved(group: list[int], r: int) -> list[int]:
+    """The order in which round ``r`` times a group of things compared with each other: back
+    to back, reversed every other round, so that a steady drift of the machine's speed favours
+    none of them."""
+    return group if r % 2 == 0 else group[::-1]
+
+
 def _schedule(cells: list[_Cell], s: BenchSettings) -> Iterator[tuple[int, int, str]]:
     """``(round, cell index, runtime)`` in measuring order: per round, per graph flavour and
-    runtime, every artifact back to back, reversed every other round."""
+    runtime, every artifact back to back (``interleaved``)."""
     for r in range(s.rounds):
         for flavour in dict.fromkeys(c.flavour for c in cells):
             group = [i for i, c in enumerate(cells) if c.flavour == flavour]
             for runtime in s.runtimes:
-                yield from ((r, i, runtime) for i in (group if r % 2 == 0 else group[::-1]))
+                yield from ((r, i, runtime) for i in interleaved(group, r))
 
 
 def _pooled(runs: list[tuple[list[float], dict[str, Any]]]) -> dict[str, Any]:

@@ -35,12 +35,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, PretrainedConfig
 
+from benchmarks.cache import code_keyed, drop_stale, tree_gb
 from benchmarks.latency import BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
 from export.artifact import export_artifact
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
 from pipeline.data import calibration_samples, token_batches
-from pipeline.environment import source_digest
 from pipeline.models import DEFAULT_MODEL, cache_dir, load_model
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
@@ -110,34 +110,14 @@ class Variant:
         return f"{self.method}{'-owl' if self.owl else ''}-{int(self.sparsity * 100)}-{digest}"
 
 
-def _code_keyed(path: Path) -> Path:
-    """``path`` keyed on the code that fills it (``NAME@DIGEST`` of pipeline/ and export/): a
-    code change makes a fresh entry instead of reusing an old one."""
-    return path.with_name(f"{path.name}@{source_digest('pipeline', 'export')}")
-
-
-def _drop_stale(current: Path) -> None:
-    """Delete the entries of the same name filled by other code versions (each proxy copy
-    weighs gigabytes)."""
-    name = current.name.partition("@")[0]
-    for stale in current.parent.glob(f"{name}@*"):
-        if stale != current and stale.is_dir():
-            log.info("removing %s (filled by another code version)", stale)
-            shutil.rmtree(stale)
-
-
-def _tree_bytes(root: Path) -> int:
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-
-
 def _pruned_dir(source: Path, variant: Variant) -> Path:
-    return _code_keyed(source.parent / f"{source.name}-{variant.directory_tag()}")
+    return code_keyed(source.parent / f"{source.name}-{variant.directory_tag()}")
 
 
 def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> Path:
     out = _pruned_dir(source, variant)
     if not (out / "config.json").is_file():
-        _drop_stale(out)
+        drop_stale(out)
         loaded = load_model(str(source))
         batches = proxy_batches(loaded.model.config.vocab_size, samples, seq_len)
         calibration = CalibrationConfig(samples=samples, seq_len=seq_len)
@@ -150,13 +130,13 @@ def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> P
 
 
 def _artifact_dir(model_dir: Path) -> Path:
-    return _code_keyed(model_dir.parent / "artifacts" / model_dir.name.partition("@")[0])
+    return code_keyed(model_dir.parent / "artifacts" / model_dir.name.partition("@")[0])
 
 
 def artifact_for(model_dir: Path) -> Path:
     out = _artifact_dir(model_dir)
     if not (out / "manifest.json").is_file():
-        _drop_stale(out)
+        drop_stale(out)
         export_artifact(str(model_dir), out, overwrite=True)
     return out
 
@@ -324,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                           extra={"decomposition": table, "artifacts": sizes, "sections": [section, size_section]})
     log.info("wrote %s", out / "latency.md")
     log.info("the proxy cache %s now holds %.1f GB (`make clean-cache` empties it)", dense_dir.parent,
-             _tree_bytes(dense_dir.parent) / 1e9)
+             tree_gb(dense_dir.parent))
     return 1 if report["sparse_not_faster_in_deepsparse"] else 0
 
 

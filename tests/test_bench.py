@@ -148,9 +148,9 @@ def test_proxy_recipes_parse():
         _apply_recipe(argparse.Namespace(), {"proxy": "llama7b", "variantz": []})
 
 
-def test_proxy_caches_are_keyed_on_the_code(tmp_path, monkeypatch):
+def test_benchmark_caches_are_keyed_on_the_code(tmp_path, monkeypatch):
     """A changed pruner or exporter must not be answered from a cache its old version filled."""
-    from benchmarks.proxies import _code_keyed, _drop_stale
+    from benchmarks.cache import code_keyed, drop_stale
     from pipeline.environment import source_digest
 
     package = tmp_path / "src" / "fakepkg"
@@ -160,10 +160,10 @@ def test_proxy_caches_are_keyed_on_the_code(tmp_path, monkeypatch):
     before = source_digest("fakepkg")
     (package / "__init__.py").write_text("x = 2\n")
     assert source_digest("fakepkg") != before
-    assert _code_keyed(tmp_path / "m").name == f"m@{source_digest('pipeline', 'export')}"
+    assert code_keyed(tmp_path / "m").name == f"m@{source_digest('pipeline', 'export')}"
     for name in ("m@old", "m@new", "m-wanda@old"):
         (tmp_path / name).mkdir()
-    _drop_stale(tmp_path / "m@new")
+    drop_stale(tmp_path / "m@new")
     assert sorted(p.name for p in tmp_path.iterdir() if "@" in p.name) == ["m-wanda@old", "m@new"]
 
 

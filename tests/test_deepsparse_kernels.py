@@ -58,3 +58,30 @@ def test_oats_shaped_layer_computes_sparse_plus_low_rank(small_widths, tmp_path)
 def test_oats_shaped_layers_refuse_gemm_or_bias(small_widths, tmp_path):
     with pytest.raises(ValueError, match="plain MatMuls"):
         kernels.build_graph(tmp_path / "g.onnx", kernels.BREAK_EVEN, 1, 0.5, kernels.RANK_RATIO)
+
+
+def test_compression_group_is_timed_in_interleaved_rounds(small_widths, tmp_path, monkeypatch):
+    """The machine gets 1 ms faster at every call: every cell of the group runs once per round,
+    in reversed order every other round, and the graphs (0.7 GB each at full width) are deleted."""
+    from runtime.deepsparse_runner import DeepSparseResult
+
+    calls = []
+
+    def fake_run(path, feeds, warmup, repetitions):
+        assert path.is_file() and feeds["x"].shape == (1, 2, 64)
+        calls.append(path.name)
+        return DeepSparseResult(0.0, [(100 - len(calls)) / 1000], 1.0, 2, {"deepsparse": "test"})
+
+    monkeypatch.setattr(kernels, "run_deepsparse", fake_run)
+    monkeypatch.setattr(kernels, "ROUNDS", 2)
+    cells = kernels.sweep_compression(2, tmp_path)
+    n = 1 + 2 * len(kernels.COMPRESSIONS)
+    order = [f"graph{i}.onnx" for i in range(n)]
+    assert calls == order + order[::-1]
+    assert not list(tmp_path.iterdir())
+    dense, unstructured, oats = cells[:3]
+    assert dense["round_medians_ms"] == pytest.approx([99, 100 - 2 * n])
+    assert oats["vs_unstructured_rounds"] == pytest.approx([98 / 97, (100 - 2 * n + 1) / (100 - 2 * n + 2)])
+    # pooled over the rounds, the drift cancels: every cell's two runs average to the same time
+    assert all(c["mean_ms"] == pytest.approx((99 + 100 - 2 * n) / 2) for c in cells)
+    assert "rounds" in kernels._cell(oats)
