@@ -198,6 +198,7 @@ def measure_group(cells: list[Cell], work: Path) -> list[dict[str, Any]]:
     rows = [_row(c, res) for c, res in zip(cells, results)]
     for row in rows:
         row["speedup"] = rows[0]["median_ms"] / row["median_ms"]
+    for row in rows[1:]:  # the baseline would only compare with itself
         row["round_speedups"] = round_ratios(rows[0]["round_medians_ms"], row["round_medians_ms"])
     return rows
 
@@ -234,8 +235,8 @@ def _cell(c: dict[str, Any]) -> str:
 
 PROTOCOL = (f"graphs of one comparison built first, then timed in {ROUNDS} interleaved rounds (back to back, "
             f"reversed every other round), {WARMUP} warm-up + {REPETITIONS} timed runs per cell and round; median "
-            "of all timed runs (p10/p90 in the JSON), speedup = ratio of medians, in brackets the range of the "
-            "per-round ratios")
+            "of all timed runs (p10/p90 in the JSON), speedup = ratio of medians, then the range of the per-round "
+            "ratios")
 SEQUENTIAL = "cells timed one after another, 10 warm-up + 40 timed runs each (before interleaved rounds)"
 
 
@@ -246,7 +247,10 @@ def render(data: dict[str, Any]) -> str:
              f"Measured {_dates(data)} on {env['cpu']}, {env['cores']} cores, deepsparse {cells[0]['deepsparse']}. "
              "Random weights, random unstructured zeros; speedup vs the dense graph of the same form and rows, "
              "measured in the same run. Protocol:", ""]
-    lines += [f"- {key}: {protocols.get(key, SEQUENTIAL)}" for key in data["measured_sweeps"]]
+    by_protocol: dict[str, list[str]] = {}
+    for key in data["measured_sweeps"]:
+        by_protocol.setdefault(protocols.get(key, SEQUENTIAL), []).append(key)
+    lines += [f"- {', '.join(keys)}: {protocol}" for protocol, keys in by_protocol.items()]
     lines += ["", f"## Break-even: chain {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN}, "
               f"{BREAK_EVEN.label}", "",
               "| rows | " + " | ".join(f"{s:.0%}" for s in SPARSITIES) + " |", "|---|" + "---|" * len(SPARSITIES)]
