@@ -237,19 +237,17 @@ PROTOCOL = (f"graphs of one comparison built first, then timed in {ROUNDS} inter
             f"reversed every other round), {WARMUP} warm-up + {REPETITIONS} timed runs per cell and round; median "
             "of all timed runs (p10/p90 in the JSON), speedup = ratio of medians, then the range of the per-round "
             "ratios")
-SEQUENTIAL = "cells timed one after another, 10 warm-up + 40 timed runs each (before interleaved rounds)"
 
 
 def render(data: dict[str, Any]) -> str:
     env, cells = data["environment"], data["break_even"]
-    protocols = data.get("protocols", {})
     lines = ["# DeepSparse unstructured-sparsity break-even on this machine", "",
              f"Measured {_dates(data)} on {env['cpu']}, {env['cores']} cores, deepsparse {cells[0]['deepsparse']}. "
              "Random weights, random unstructured zeros; speedup vs the dense graph of the same form and rows, "
              "measured in the same run. Protocol:", ""]
     by_protocol: dict[str, list[str]] = {}
     for key in data["measured_sweeps"]:
-        by_protocol.setdefault(protocols.get(key, SEQUENTIAL), []).append(key)
+        by_protocol.setdefault(data["protocols"][key], []).append(key)
     lines += [f"- {', '.join(keys)}: {protocol}" for protocol, keys in by_protocol.items()]
     lines += ["", f"## Break-even: chain {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN}, "
               f"{BREAK_EVEN.label}", "",
