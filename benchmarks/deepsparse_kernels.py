@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.latency import interleaved, round_ratios, summarize
+from benchmarks.latency import interleaved, pooled_stats, round_ratios, round_spread
 from pipeline.environment import describe
 from pipeline.pruners.oats import budget
 from runtime.deepsparse_runner import DeepSparseResult, run_deepsparse
@@ -171,8 +171,7 @@ class Cell:
 def _row(cell: Cell, results: list[DeepSparseResult]) -> dict[str, Any]:
     """One cell's rounds as one row: statistics of all timed runs and each round's median."""
     row = {"form": cell.form.label, "rows": cell.rows, "sparsity": cell.sparsity, "rank_ratio": cell.rank_ratio,
-           **summarize([t for r in results for t in r.times_s]),
-           "round_medians_ms": [float(np.median(r.times_s)) * 1000 for r in results],
+           **pooled_stats([r.times_s for r in results]),
            "native_ops": results[0].fraction_of_supported_ops, "deepsparse": results[0].versions["deepsparse"]}
     logging.info("%s, rows %d, sparsity %.2f, rank ratio %.2f: %.2f ms", cell.form.label, cell.rows, cell.sparsity,
                  cell.rank_ratio, row["median_ms"])
@@ -225,12 +224,8 @@ def sweep_compression(rows: int, work: Path) -> list[dict[str, Any]]:
     return measured
 
 
-def _spread(ratios: list[float] | None) -> str:
-    return f", rounds {min(ratios):.2f}-{max(ratios):.2f}" if ratios and len(ratios) > 1 else ""
-
-
 def _cell(c: dict[str, Any]) -> str:
-    return f"{c['median_ms']:.1f} ms ({c['speedup']:.2f}x{_spread(c.get('round_speedups'))})"
+    return f"{c['median_ms']:.1f} ms, {c['speedup']:.2f}x{round_spread(c.get('round_speedups'))}"
 
 
 PROTOCOL = (f"graphs of one comparison built first, then timed in {ROUNDS} interleaved rounds (back to back, "
@@ -286,7 +281,7 @@ def _render_compression(cells: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {rows} | dense | - | {dense['median_ms']:.1f} ms | - | - |")
         for unstructured, oats in zip(here[1::2], here[2::2]):
             s_sparsity = budget(HIDDEN, INTERMEDIATE, oats["sparsity"], RANK_RATIO).sparse_sparsity
-            vs = f"{oats['vs_unstructured']:.2f}x{_spread(oats.get('vs_unstructured_rounds'))}"
+            vs = f"{oats['vs_unstructured']:.2f}x{round_spread(oats.get('vs_unstructured_rounds'))}"
             lines.append(f"| {rows} | {oats['sparsity']:.0%} | {s_sparsity:.1%} | {_cell(unstructured)} | "
                          f"{_cell(oats)} | {vs} |")
     return lines

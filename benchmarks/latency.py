@@ -201,8 +201,14 @@ def _pooled(runs: list[tuple[list[float], dict[str, Any]]]) -> dict[str, Any]:
     info = runs[0][1]
     if "compile_s" in info:
         info = {**info, "compile_s": float(np.median([i["compile_s"] for _, i in runs]))}
-    return {**summarize([t for times, _ in runs for t in times]),
-            "round_medians_ms": [float(np.median(times)) * 1000 for times, _ in runs], **info}
+    return {**pooled_stats([times for times, _ in runs]), **info}
+
+
+def pooled_stats(rounds: list[list[float]]) -> dict[str, Any]:
+    """Timed runs (seconds) of one cell, round by round: statistics of all of them pooled, and
+    each round's median (what per-round speedups are taken from)."""
+    return {**summarize([t for times in rounds for t in times]),
+            "round_medians_ms": [float(np.median(times)) * 1000 for times in rounds]}
 
 
 def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
