@@ -1,4 +1,5 @@
-# sparse-deploy: prune -> ONNX -> DeepSparse / ONNX Runtime latency, offline at run time.
+# sparse-deploy: prune -> ONNX -> DeepSparse / ONNX Runtime / OpenVINO (+ our sparse kernels) latency,
+# offline at run time.
 #
 #   docker build -t sparse-deploy .
 #   docker run --rm -v "$PWD/out:/out" sparse-deploy run recipes/demo.yaml --out /out
@@ -19,9 +20,11 @@ ENV PIP_EXTRA_INDEX_URL=${TORCH_INDEX} \
     MPLCONFIGDIR=/tmp/matplotlib \
     PATH=/opt/sparse-deploy/.venv/bin:$PATH
 
-# Fashion-MNIST (vision evaluation) from Debian, pinned like everything else.
+# Fashion-MNIST (vision evaluation) from Debian, pinned like everything else; cmake and g++ build the
+# sparse MatMul extension (runtime/kernels) against the openvino wheel in scripts/install.sh.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+       cmake=3.25.1-1 g++=4:12.2.0-3 make=4.3-4.1 \
     && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 10001 sparse \

@@ -8,13 +8,21 @@ export NM_DISABLE_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
 DEMO_OUT ?= out/demo
+KERNEL_LIB := runtime/kernels/build/libsparse_deploy_ov.so
 
 .PHONY: install install-datasets demo test test-fast bench-quality bench-oats bench-vision clean clean-cache
 
-install: $(VENV)/.stamp $(DS_VENV)/.stamp
+KERNEL_SOURCES := $(wildcard runtime/kernels/*.cpp runtime/kernels/*.hpp) runtime/kernels/CMakeLists.txt
+
+install: $(VENV)/.stamp $(DS_VENV)/.stamp $(KERNEL_LIB)
 
 $(VENV)/.stamp: pyproject.toml constraints/main.txt constraints/packaged-data.txt scripts/install.sh
 	PYTHON=$(PYTHON) bash scripts/install.sh main
+	touch $@
+
+# The sparse MatMul extension (built by `install.sh main` too; rebuilt here when a kernel source changes).
+$(KERNEL_LIB): $(VENV)/.stamp $(KERNEL_SOURCES)
+	bash scripts/install.sh kernels
 	touch $@
 
 $(DS_VENV)/.stamp: constraints/deepsparse.txt scripts/install.sh
@@ -44,7 +52,7 @@ bench-vision: install install-datasets
 	$(BIN)/python -m benchmarks.vision
 
 clean:
-	rm -rf $(VENV) $(DS_VENV) out .pytest_cache
+	rm -rf $(VENV) $(DS_VENV) out .pytest_cache runtime/kernels/build
 
 # Materialized models and the latency proxies (a LLaMA-7B-geometry artifact weighs ~5 GB;
 # the shipped proxy recipes fill ~57 GB). Everything in it is rebuilt on demand.

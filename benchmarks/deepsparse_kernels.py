@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.latency import interleaved, pooled_stats, round_ratios, round_spread
+from runtime.bench import interleaved, pooled_stats, round_ratios, round_spread
 from pipeline.environment import describe
 from pipeline.pruners.oats import budget
 from runtime.deepsparse_runner import DeepSparseResult, run_deepsparse
@@ -180,7 +180,7 @@ def _row(cell: Cell, results: list[DeepSparseResult]) -> dict[str, Any]:
 
 def measure_group(cells: list[Cell], work: Path) -> list[dict[str, Any]]:
     """Build every graph of one comparison, then time them in ``ROUNDS`` interleaved rounds
-    (``benchmarks.latency.interleaved``): measured one after another, a drift of the machine's
+    (``runtime.bench.interleaved``): measured one after another, a drift of the machine's
     speed would pass for a speedup. Speedups are against the group's first cell, as the ratio
     of pooled medians and round by round."""
     paths = [work / f"graph{i}.onnx" for i in range(len(cells))]

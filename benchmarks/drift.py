@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.latency import BenchSettings, _feeds, _manifest, round_ratios
+from runtime.bench import BenchSettings, _feeds, _manifest, round_ratios
 from benchmarks.output import write_results
 from benchmarks.proxies import Variant, artifact_for, build_proxy, variant_artifact
 from pipeline.environment import describe

@@ -36,7 +36,7 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, PretrainedConfig
 
 from benchmarks.cache import code_keyed, drop_stale, tree_gb
-from benchmarks.latency import BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
+from runtime.bench import RUNTIMES, BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
 from export.artifact import export_artifact
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
@@ -213,6 +213,40 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
     return table, "\n".join(lines)
 
 
+def fastest_dense_blocks(rows: list[BenchRow], blocks: int) -> tuple[list[dict[str, Any]], str]:
+    """Per-block time of every (variant, runtime) against the fastest runtime's dense block, per
+    flavour: the headline comparison (a sparse kernel counts only if it beats the best dense one)."""
+    table = []
+    for flavour in sorted({r.flavour for r in rows}):
+        by_runtime: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in rows:
+            if r.flavour == flavour and not r.error:
+                by_runtime.setdefault(r.runtime, {})[r.label] = r.stats
+        block = {rt: {k: (v["median_ms"] - st["head-only"]["median_ms"]) / blocks for k, v in st.items()
+                      if k != "head-only"} for rt, st in by_runtime.items() if {"dense", "head-only"} <= st.keys()}
+        if not block:
+            continue
+        base_rt = min(block, key=lambda rt: block[rt]["dense"])
+        base_rounds = _round_blocks(by_runtime[base_rt])["dense"]
+        for rt, cells in block.items():
+            rounds = _round_blocks(by_runtime[rt])
+            for label, ms in cells.items():
+                if (rt, label) == (base_rt, "dense") or ms <= 0:
+                    continue
+                table.append({"flavour": flavour, "runtime": rt, "variant": label, "baseline_runtime": base_rt,
+                              "baseline_block_ms": block[base_rt]["dense"], "block_ms": ms,
+                              "blocks_speedup": block[base_rt]["dense"] / ms,
+                              "blocks_round_speedups": round_ratios(base_rounds, rounds[label])})
+    lines = ["## Decoder blocks against the fastest dense runtime", "",
+             "Per decoder block (as above), every variant in every runtime against the dense block in the runtime "
+             "whose dense block is fastest in this run.", "",
+             "| graph | runtime | variant | block ms | fastest dense block ms (runtime) | speedup |", "|---|---|---|---|---|---|"]
+    lines += [f"| {t['flavour']} | {t['runtime']} | {t['variant']} | {t['block_ms']:.2f} | {t['baseline_block_ms']:.2f} "
+              f"({t['baseline_runtime']}) | {t['blocks_speedup']:.2f}x{round_spread(t['blocks_round_speedups'])} |"
+              for t in table]
+    return table, "\n".join(lines)
+
+
 def _round_blocks(stats: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
     """Per-round block times, each round's head-only time subtracted from the same round's."""
     head = stats["head-only"].get("round_medians_ms", [])
@@ -270,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--past", type=int, default=127)
     parser.add_argument("--repetitions", type=int, default=10, help="timed runs per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all artifacts")
-    parser.add_argument("--runtime", default="deepsparse,onnxruntime")
+    parser.add_argument("--runtime", default=",".join(RUNTIMES), help="comma-separated (default: all)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--recipe", type=Path, help="a proxy recipe (recipes/proxies/*.yaml): proxy, blocks, "
                         "variants, compare, out; command-line flags given explicitly are overridden by it")
@@ -296,12 +330,14 @@ def main(argv: list[str] | None = None) -> int:
                              runtimes=tuple(args.runtime.split(",")))
     rows = measure(artifacts, settings, labels=["dense", *labels, "head-only"])
     table, section = decomposition(rows, args.blocks, depth, baselines)
+    fastest, fastest_section = fastest_dense_blocks(rows, args.blocks)
     sizes, size_section = artifact_sizes(dict(zip(["dense", *labels, "head-only"], artifacts)))
     recipes = "; ".join(f"{v.label}: {v.describe()}" for v in variants)
     out = args.out or RESULTS / f"latency_{args.proxy}_proxy"
     report = write_report(rows, settings, out, title=f"Latency: {args.proxy} geometry proxy ({args.blocks} blocks, "
                           f"random weights), dense vs {recipes}",
-                          extra={"decomposition": table, "artifacts": sizes, "sections": [section, size_section]})
+                          extra={"decomposition": table, "fastest_dense_blocks": fastest, "artifacts": sizes,
+                                 "sections": [section, fastest_section, size_section]})
     log.info("wrote %s", out / "latency.md")
     log.info("the proxy cache %s now holds %.1f GB (`make clean-cache` empties it)", dense_dir.parent,
              tree_gb(dense_dir.parent))

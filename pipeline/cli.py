@@ -72,9 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--parity-windows", type=int, default=4, help="held-out windows for perplexity parity")
     x.add_argument("--parity-seq-len", type=int, default=256)
 
-    b = sub.add_parser("bench", help="CPU latency of artifacts in DeepSparse and ONNX Runtime")
+    b = sub.add_parser("bench", help="CPU latency of artifacts in DeepSparse, ONNX Runtime and OpenVINO")
     b.add_argument("artifacts", nargs="+", type=Path)
-    b.add_argument("--runtime", default="deepsparse,onnxruntime", help="comma-separated (default: both)")
+    b.add_argument("--runtime", help="comma-separated, from deepsparse, onnxruntime, openvino, openvino-sparse "
+                                     "(default: all of them)")
     b.add_argument("--seq-len", type=int, default=128, help="prefill tokens (default: 128)")
     b.add_argument("--past", type=int, default=127, help="cached tokens before the decoded one (default: 127)")
     b.add_argument("--batch", type=int, default=1)
@@ -155,11 +156,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from benchmarks.latency import BenchSettings, bench
+    from runtime.bench import BenchSettings, bench
 
+    runtimes = BenchSettings().runtimes if args.runtime is None else tuple(
+        r.strip() for r in args.runtime.split(",") if r.strip())
     settings = BenchSettings(seq_len=args.seq_len, past=args.past, batch=args.batch, threads=args.threads,
-                             warmup=args.warmup, repetitions=args.repetitions, rounds=args.rounds,
-                             runtimes=tuple(r.strip() for r in args.runtime.split(",") if r.strip()))
+                             warmup=args.warmup, repetitions=args.repetitions, rounds=args.rounds, runtimes=runtimes)
     bench(args.artifacts, settings, args.out, allow_slower=args.allow_slower)
     log.info("report: %s", args.out / "latency.md")
 

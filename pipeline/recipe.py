@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.latency import RUNTIMES, BenchSettings
+from runtime.bench import RUNTIMES, BenchSettings
 from pipeline.errors import SparseDeployError
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig

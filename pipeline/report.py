@@ -112,6 +112,35 @@ def _report_md(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def openvino_snippet(graph: str, feed: str) -> str:
+    """How a serving team runs the artifact in OpenVINO with the sparse MatMul extension (the
+    model card prints it; a test runs it). ARTIFACT_DIR and SPARSE_DEPLOY_DIR are placeholders."""
+    from runtime.openvino_runner import KERNELS, LIBRARY
+
+    library = LIBRARY.relative_to(KERNELS.parents[1])
+    return "\n".join([
+        "import numpy as np, openvino as ov",
+        "core = ov.Core()",
+        f'core.add_extension("SPARSE_DEPLOY_DIR/{library}")  # the sparse MatMul op; omit it for plain OpenVINO',
+        f'model = core.read_model("ARTIFACT_DIR/{graph}")',
+        'print("sparse MatMuls:", sum(op.get_type_name() == "SparseMatMul" for op in model.get_ordered_ops()))',
+        'compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})',
+        f"print(compiled({feed})[0].shape)"])
+
+
+def openvino_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``openvino`` entry: how the artifact loads there and which weights go sparse."""
+    from runtime.openvino_runner import BUILD_COMMAND, KERNELS, LIBRARY, MIN_SPARSITY
+
+    weights = manifest.get("weights", {})
+    sparse = [name for name, w in weights.items() if len(w["shape"]) == 2 and w["sparsity"] >= MIN_SPARSITY]
+    return {"extension": str(LIBRARY.relative_to(KERNELS.parents[1])), "build": BUILD_COMMAND,
+            "licence": "OpenVINO: Apache-2.0", "precision": "f32 (INFERENCE_PRECISION_HINT)",
+            "min_sparsity": MIN_SPARSITY, "sparse_weights": len(sparse), "weights": len(weights),
+            "how": "the extension's ONNX-frontend conversion of MatMul packs every constant weight with at least "
+                   "min_sparsity zeros into the bitmap-16 format when the model is read; the ONNX file is unchanged"}
+
+
 def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
     recipe = report["recipe"]
     flavours = manifest["flavours"]
@@ -143,6 +172,11 @@ def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
     graph = "prefill/model.onnx" if decode else "model.onnx"
     shape = "[[1, 128]]" if decode else "[[1, 3, 224, 224]]"
     feed = "np.zeros((1, 128), np.int64)" if decode else "np.zeros((1, 3, 224, 224), np.float32)"
+    ov_feed = f"{{0: {feed}}}"
+    lines += ["```", "", "OpenVINO (Apache-2.0) with sparse-deploy's sparse MatMul extension, built in a sparse-deploy "
+              f"checkout by `bash scripts/install.sh kernels` (weights with at least "
+              f"{openvino_manifest(manifest)['min_sparsity']:.0%} zeros run on it; the rest, and everything without "
+              "the extension, on OpenVINO's own kernels):", "", "```python", openvino_snippet(graph, ov_feed)]
     lines += ["```", "", "DeepSparse 1.8.0 (its own environment: numpy<2, onnx<1.15; set `NM_DISABLE_ANALYTICS=1`):", "",
               "```python", "import numpy as np", "from deepsparse import Engine",
               f'engine = Engine("ARTIFACT_DIR/{graph}", batch_size=1, input_shapes={shape})',
@@ -150,8 +184,9 @@ def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
               "`sparse-deploy verify ARTIFACT_DIR` re-checks every file's sha256 and the graphs against the torch "
               "outputs stored at export.", "", "## Known limits", "",
               "- DeepSparse's licence allows evaluation and development use, not production serving.",
-              "- Unstructured zeros speed nothing up in ONNX Runtime; only DeepSparse's sparse kernels use them, and "
-              "on narrow layers or single-token decode they may not pay off (see the latency table, measured here).",
+              "- Unstructured zeros speed nothing up in ONNX Runtime or plain OpenVINO; only the sparse MatMul extension "
+              "(openvino-sparse) and DeepSparse use them, and on narrow layers they may not pay off (see the latency "
+              "table, measured here).",
               "- Perplexity is measured on packaged texts (not WikiText-2); compare dense vs pruned, not with papers.",
               ]
     if decode:
@@ -185,6 +220,7 @@ def assemble_artifact(recipe: Recipe, stages: dict[str, dict[str, Any]], pruned_
         manifest = json.loads((tmp / MANIFEST).read_text())
         (tmp / "MODEL_CARD.md").write_text(_model_card(report, manifest))
         manifest["recipe_pipeline"] = report["recipe"]
+        manifest["openvino"] = openvino_manifest(manifest)
         manifest["files"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*"))
                              if p.is_file() and p.name != MANIFEST}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -110,7 +110,7 @@ def _export(model_dir: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
 
 def _benchmark(dense: Path, pruned: Path, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
     def produce(tmp: Path) -> dict[str, Any]:
-        from benchmarks.latency import bench
+        from runtime.bench import bench
 
         b = recipe.benchmark  # a BenchSettings with allow_slower
         report = bench([dense, pruned], b, tmp, allow_slower=b.allow_slower, labels=["dense", "pruned"],

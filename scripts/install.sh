@@ -4,6 +4,8 @@
 #
 #   scripts/install.sh main        .venv            (torch CPU, transformers, optimum, onnx, ...)
 #   scripts/install.sh deepsparse  .venv-deepsparse (deepsparse 1.8.0: numpy<2, onnx<1.15)
+#   scripts/install.sh kernels     runtime/kernels: the sparse MatMul OpenVINO extension (cmake + g++,
+#                                  against the openvino wheel in .venv; part of `main`)
 #   scripts/install.sh datasets    Debian dataset-fashion-mnist (vision benchmark only; needs root or sudo)
 #
 # Every version comes from constraints/*.txt. torch is pinned to 2.13.0 exactly: an
@@ -33,6 +35,18 @@ import torch, transformers
 assert torch.__version__.split("+")[0] == "2.13.0", f"wrong torch {torch.__version__}"
 print(f"main venv ready: torch {torch.__version__}, transformers {transformers.__version__}")
 PY
+    install_kernels
+}
+
+install_kernels() {  # the C++ kernels, built against the pinned openvino wheel (no prebuilt binary)
+    local venv="$ROOT/.venv" src="$ROOT/runtime/kernels" build="$ROOT/runtime/kernels/build"
+    command -v cmake >/dev/null && command -v g++ >/dev/null \
+        || { echo "building runtime/kernels needs cmake and g++ (apt-get install cmake g++)" >&2; exit 1; }
+    local ov_dir
+    ov_dir="$("$venv/bin/python" -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))')"
+    cmake -S "$src" -B "$build" -DOpenVINO_DIR="$ov_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$build" -j "$(nproc)" >/dev/null
+    echo "sparse kernels ready: $build/libsparse_deploy_ov.so"
 }
 
 install_deepsparse() {
@@ -58,6 +72,7 @@ install_datasets() {  # Debian packages with evaluation data (vision benchmark o
 case "${1:-}" in
     main) install_main ;;
     deepsparse) install_deepsparse ;;
+    kernels) install_kernels ;;
     datasets) install_datasets ;;
-    *) echo "usage: $0 main|deepsparse|datasets" >&2; exit 2 ;;
+    *) echo "usage: $0 main|deepsparse|kernels|datasets" >&2; exit 2 ;;
 esac

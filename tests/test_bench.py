@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.latency import BenchRow, BenchSettings, block_sparsity, sparse_not_faster, speedups, summarize
+from runtime.bench import RUNTIMES, BenchRow, BenchSettings, block_sparsity, sparse_not_faster, speedups, summarize
 from benchmarks.proxies import decomposition
 from export.artifact import export_artifact
 from pipeline.cli import main
@@ -86,7 +86,7 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
                  "--past", "8", "--rounds", "2", "--allow-slower"]) == 0
     report = json.loads((out / "latency.json").read_text())
     cells = {(r["flavour"], r["runtime"]) for r in report["rows"] if not r["error"]}
-    expected = {(f, r) for f in ("decode", "prefill") for r in ("onnxruntime", "deepsparse")}
+    expected = {(f, r) for f in ("decode", "prefill") for r in RUNTIMES}
     assert cells == expected
     assert all(r["stats"]["n"] == 6 and len(r["stats"]["round_medians_ms"]) == 2 for r in report["rows"])
     assert report["environment"]["cores"] >= 1
@@ -97,7 +97,7 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
 def test_rounds_interleave_artifacts_so_drift_favours_none(tmp_path, monkeypatch):
     """Two identical graphs on a machine that gets 1 ms faster at every call: measured one after
     the other, the later one would look faster; interleaved in reversed order, they tie."""
-    import benchmarks.latency as latency
+    import runtime.bench as latency
 
     arts = []
     for name, nonzeros in (("a", 8), ("b", 4)):

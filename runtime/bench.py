@@ -1,4 +1,4 @@
-"""``sparse-deploy bench``: CPU latency of artifacts in DeepSparse and ONNX Runtime.
+"""``sparse-deploy bench``: CPU latency of artifacts in DeepSparse, ONNX Runtime and OpenVINO.
 
 For each artifact and runtime, in one run: prefill latency (the ``prefill`` graph on a
 ``seq_len``-token input), decode latency per token (the ``decode`` graph: one new token
@@ -7,7 +7,11 @@ after ``past`` cached ones), and the throughputs they imply. Each figure is the 
 10th/90th percentiles; rounds interleave the artifacts (see :func:`measure`).
 Writes ``latency.json``, ``latency.md`` and ``latency.png`` under the report directory.
 
-DeepSparse runs in its child process; ONNX Runtime runs here with thread spinning off.
+DeepSparse runs in its child process; ONNX Runtime runs here with thread spinning off;
+OpenVINO runs here twice, as itself (``openvino``) and with the project's sparse MatMul
+extension (``openvino-sparse``, ``runtime/openvino_runner.py``). Besides each runtime's
+sparse-vs-dense ratio, every cell is compared with the fastest dense runtime of the same run
+(``fastest_dense``): a sparse kernel only counts if it beats the best dense one there is.
 When an artifact with sparse weights is not faster than its dense twin in DeepSparse
 (decode), the run fails loudly: such a graph is probably not on DeepSparse's sparse kernels.
 """
@@ -31,12 +35,12 @@ from export.artifact import MANIFEST
 from export.graphs import KVGeometry, decode_inputs
 from pipeline.environment import describe
 from pipeline.errors import SparseDeployError
-from runtime import deepsparse_runner
+from runtime import deepsparse_runner, openvino_runner
 from runtime.onnxruntime_runner import session, time_runs
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("deepsparse", "onnxruntime")
+RUNTIMES = ("deepsparse", "onnxruntime", "openvino", "openvino-sparse")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,10 @@ def _time(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
     """Timed runs (seconds) of one cell, and what the runtime says about it."""
     if runtime == "onnxruntime":
         return time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions), {}
+    if runtime.startswith("openvino"):
+        compiled, ops = openvino_runner.compile_model(graph, sparse=runtime == "openvino-sparse", threads=s.threads)
+        times = openvino_runner.time_runs(compiled, feeds, s.warmup, s.repetitions)
+        return times, ({"sparse_ops": ops.as_dict()} if runtime == "openvino-sparse" else {})
     result = deepsparse_runner.run_deepsparse(graph, feeds, num_cores=s.threads, warmup=s.warmup,
                                               repetitions=s.repetitions)
     return result.times_s, {"compile_s": result.compile_s,
@@ -233,6 +241,27 @@ def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
     return out
 
 
+def fastest_dense(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    """Every cell against the fastest runtime on the densest artifact, per flavour: the figure a
+    user deciding whether to prune needs (a sparse kernel that beats a slow dense runtime but not
+    the fastest one buys nothing)."""
+    out = []
+    for flavour in sorted({r.flavour for r in rows}):
+        group = [r for r in rows if r.flavour == flavour and not r.error and r.sparsity is not None]
+        if not group:
+            continue
+        densest = min(group, key=lambda r: (-(r.nonzeros or 0), r.sparsity)).artifact
+        base = min((r for r in group if r.artifact == densest), key=lambda r: r.stats["median_ms"])
+        for r in group:
+            if r is not base:
+                out.append({"flavour": flavour, "runtime": r.runtime, "artifact": r.label, "sparsity": r.sparsity,
+                            "baseline": base.label, "baseline_runtime": base.runtime,
+                            "speedup": base.stats["median_ms"] / r.stats["median_ms"],
+                            "round_speedups": round_ratios(base.stats.get("round_medians_ms", []),
+                                                           r.stats.get("round_medians_ms", []))})
+    return out
+
+
 def round_ratios(baseline_ms: list[float], other_ms: list[float]) -> list[float]:
     """Baseline over other, round by round: each ratio compares times measured close together
     (a non-positive time, e.g. a block time below the noise, gives no ratio)."""
@@ -250,6 +279,7 @@ def write_report(rows: list[BenchRow], s: BenchSettings, out: Path, title: str =
     table = speedups(rows)
     report = {"title": title, "measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(),
               "settings": s.__dict__, "rows": [r.__dict__ for r in rows], "speedups": table,
+              "fastest_dense": fastest_dense(rows),
               "sparse_not_faster_in_deepsparse": sparse_not_faster(table), **(extra or {})}
     (out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "latency.md").write_text(_markdown(report))
@@ -262,8 +292,9 @@ def _markdown(report: dict[str, Any]) -> str:
     ds = next((r["stats"].get("deepsparse", {}).get("deepsparse") for r in report["rows"]
                if r["runtime"] == "deepsparse" and r["stats"]), "n/a")
     lines = [f"# {report['title']}", "",
-             f"Measured {report['measured']} on {env['cpu']}, {env['cores']} cores; onnxruntime "
-             f"{env['packages']['onnxruntime']}, deepsparse {ds}, torch {env['packages']['torch']}.", "",
+             f"Measured {report['measured']} on {env['cpu']}, {env['cores']} cores ({env.get('isa', 'n/a')}); onnxruntime "
+             f"{env['packages']['onnxruntime']}, openvino {env['packages'].get('openvino', 'n/a')}, deepsparse {ds}, "
+             f"torch {env['packages']['torch']}. OpenVINO runs f32 (INFERENCE_PRECISION_HINT), like the others.", "",
              f"Protocol: batch {s['batch']}; prefill = {s['seq_len']} tokens, no cache; decode = 1 token after "
              f"{s['past']} cached; threads {s['threads'] or 'all'}; all cells in one run, in {s.get('rounds', 1)} "
              "interleaved rounds (each round runs every artifact of one graph and runtime back to back, in reversed "
@@ -271,23 +302,29 @@ def _markdown(report: dict[str, Any]) -> str:
              "median of all timed runs with 10th-90th percentiles. Speedups: ratio of those medians, and in brackets "
              "the range of the per-round ratios (this machine's speed drifts: a ratio that moves between rounds is "
              "that drift, not the artifact).", "",
-             "| artifact | block sparsity | graph | runtime | median ms | p10-p90 ms | tokens/s | DeepSparse native ops |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| artifact | block sparsity | graph | runtime | median ms | p10-p90 ms | tokens/s | DeepSparse native ops "
+             "| MatMuls on the sparse op |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if r["error"]:
             lines.append(f"| {r['label']} | {_fmt(r['sparsity'])} | {r['flavour']} | {r['runtime']} | failed: "
-                         f"{r['error'][:120]} | | | |")
+                         f"{r['error'][:120]} | | | | |")
             continue
         st = r["stats"]
         tokens = s["batch"] * (s["seq_len"] if r["flavour"] == "prefill" else 1)
         frac = st.get("fraction_of_supported_ops")
         lines.append(f"| {r['label']} | {_fmt(r['sparsity'])} | {r['flavour']} | {r['runtime']} | {st['median_ms']:.2f} | "
                      f"{st['p10_ms']:.2f}-{st['p90_ms']:.2f} | {tokens / st['median_ms'] * 1000:.1f} | "
-                     f"{'-' if frac is None else f'{frac:.1%}'} |")
+                     f"{'-' if frac is None else f'{frac:.1%}'} | {_sparse_ops(st.get('sparse_ops'))} |")
     lines += ["", "## Speedup over the densest artifact (median / median)", "",
               "| graph | runtime | artifact | block sparsity | speedup |", "|---|---|---|---|---|"]
     lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['speedup']:.2f}x"
               f"{round_spread(t.get('round_speedups'))} |" for t in report["speedups"]]
+    lines += ["", "## Speedup over the fastest dense runtime (median / median)", "",
+              "| graph | runtime | artifact | block sparsity | baseline | speedup |", "|---|---|---|---|---|---|"]
+    lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['baseline']} in "
+              f"{t['baseline_runtime']} | {t['speedup']:.2f}x{round_spread(t.get('round_speedups'))} |"
+              for t in report.get("fastest_dense", [])]
     bad = report["sparse_not_faster_in_deepsparse"]
     if bad:
         lines += ["", "**Sparse artifacts not faster than dense in DeepSparse:** " +
@@ -300,6 +337,13 @@ def _markdown(report: dict[str, Any]) -> str:
 def round_spread(ratios: list[float] | None) -> str:
     """`` (rounds 1.20-1.31x)``: the range of per-round speedups, where there were several rounds."""
     return f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)" if ratios and len(ratios) > 1 else ""
+
+
+def _sparse_ops(ops: dict[str, Any] | None) -> str:
+    if not ops:
+        return "-"
+    paths = ", ".join(f"{isa} {n}" for isa, n in sorted(ops["isa"].items()))
+    return f"{ops['sparse_matmuls']} of {ops['sparse_matmuls'] + ops['dense_constant_matmuls']}" + (f" ({paths})" if paths else "")
 
 
 def _fmt(sparsity: float | None) -> str:
@@ -340,6 +384,8 @@ def bench(artifacts: list[Path], s: BenchSettings, out: Path, allow_slower: bool
     """Measure, write the report, and fail when sparsity did not pay off in DeepSparse."""
     if "deepsparse" in s.runtimes and not deepsparse_runner.available():
         raise SparseDeployError("DeepSparse venv missing (run `make install`) or pass --runtime onnxruntime")
+    if "openvino-sparse" in s.runtimes:
+        openvino_runner.library()  # one line naming the build command, before any timing
     rows = measure(artifacts, s, labels)
     report = write_report(rows, s, out, title=title)
     bad = report["sparse_not_faster_in_deepsparse"]

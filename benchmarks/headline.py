@@ -1,0 +1,130 @@
+"""The headline figures, from one proxy run (all variants and runtimes measured together).
+
+Reads the LLaMA-7B geometry proxy report written by
+
+    .venv/bin/python -m benchmarks.proxies --recipe recipes/proxies/llama7b-headline.yaml
+
+and writes ``benchmarks/results/headline.json`` and the README's headline table (between the
+``headline`` markers). Every speedup is per decoder block (``(T(2 blocks) - T(head-only)) / 2``)
+against the **fastest dense runtime of the same run** for that graph, with the range of the
+per-round ratios; DeepSparse is held to the same baseline as our kernels.
+
+    .venv/bin/python -m benchmarks.headline [--report benchmarks/results/latency_llama7b_headline/latency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+RESULTS = Path(__file__).parent / "results"
+REPORT = RESULTS / "latency_llama7b_headline" / "latency.json"
+README = Path(__file__).resolve().parents[1] / "README.md"
+SPARSE_RUNTIME = "openvino-sparse"
+
+
+def _cell(entries: list[dict[str, Any]], flavour: str, runtime: str, variant: str) -> dict[str, Any]:
+    for e in entries:
+        if (e["flavour"], e["runtime"], e["variant"]) == (flavour, runtime, variant):
+            return e
+    raise KeyError(f"the report has no {flavour} / {runtime} / {variant} cell")
+
+
+def _figure(entry: dict[str, Any], key: str = "blocks_speedup", rounds: str = "blocks_round_speedups") -> dict[str, Any]:
+    return {"speedup": round(entry[key], 3), "rounds": [round(r, 3) for r in entry.get(rounds, [])]}
+
+
+def headline(report: dict[str, Any], source: Path) -> dict[str, Any]:
+    fastest, decomposition = report["fastest_dense_blocks"], report["decomposition"]
+    env = report["environment"]
+
+    def vs_fastest(flavour: str, runtime: str, variant: str) -> dict[str, Any]:
+        return _figure(_cell(fastest, flavour, runtime, variant))
+
+    osscar = max((e for e in fastest if e["flavour"] == "decode" and e["variant"] == "osscar-50"),
+                 key=lambda e: e["blocks_speedup"])
+    oats = _cell(decomposition, "decode", SPARSE_RUNTIME, "oats-50")["vs_baseline"]
+    baseline = {f: next(e["baseline_runtime"] for e in fastest if e["flavour"] == f) for f in ("decode", "prefill")}
+    figures = {
+        "decode_speedup_owl_wanda_70": vs_fastest("decode", SPARSE_RUNTIME, "owl-wanda-70"),
+        "prefill_speedup_owl_wanda_70": vs_fastest("prefill", SPARSE_RUNTIME, "owl-wanda-70"),
+        "deepsparse_decode_speedup_owl_wanda_70": vs_fastest("decode", "deepsparse", "owl-wanda-70"),
+        "deepsparse_prefill_speedup_owl_wanda_70": vs_fastest("prefill", "deepsparse", "owl-wanda-70"),
+        "oats_vs_wanda_decode_50": _figure(oats),
+        "osscar_50_decode_speedup": {**_figure(osscar), "runtime": osscar["runtime"]},
+    }
+    out: dict[str, Any] = {
+        "hardware": f"{env['cpu']}, {env['cores']} cores", "isa": env.get("isa", "n/a"),
+        "measured": report["measured"], "depth": "per decoder block",
+        "geometry": "LLaMA-7B (hidden 4096, MLP 11008, 32 heads), 2 blocks, random weights",
+        "baseline_runtime": baseline["decode"], "baseline_runtime_prefill": baseline["prefill"],
+        "protocol": {k: report["settings"][k] for k in ("batch", "seq_len", "past", "rounds", "repetitions", "warmup")},
+        "source": str(source.relative_to(README.parent)) if source.is_relative_to(README.parent) else str(source),
+        "versions": {k: env["packages"].get(k) for k in ("onnxruntime", "openvino", "torch")},
+    }
+    for key, fig in figures.items():
+        out[key] = fig["speedup"]
+        out.setdefault("rounds", {})[key] = fig["rounds"]
+    out["osscar_50_runtime"] = figures["osscar_50_decode_speedup"]["runtime"]
+    out["oats_vs_wanda_runtime"] = SPARSE_RUNTIME
+    return out
+
+
+ROWS = (  # README row label, key
+    ("OWL+Wanda 70%, decode (1 token after 127), openvino-sparse", "decode_speedup_owl_wanda_70"),
+    ("OWL+Wanda 70%, prefill (128 tokens), openvino-sparse", "prefill_speedup_owl_wanda_70"),
+    ("OWL+Wanda 70%, decode, DeepSparse 1.8.0", "deepsparse_decode_speedup_owl_wanda_70"),
+    ("OWL+Wanda 70%, prefill, DeepSparse 1.8.0", "deepsparse_prefill_speedup_owl_wanda_70"),
+    ("OATS 50% vs Wanda 50% (not vs dense), decode, openvino-sparse", "oats_vs_wanda_decode_50"),
+    ("OSSCAR 50% of neurons and heads sliced, decode", "osscar_50_decode_speedup"),
+)
+
+
+def readme_table(h: dict[str, Any]) -> str:
+    def spread(key: str) -> str:
+        r = h["rounds"].get(key) or []
+        return f" ({min(r):.2f}-{max(r):.2f})" if len(r) > 1 else ""
+
+    lines = [f"Per decoder block of the LLaMA-7B geometry, batch 1, against the fastest dense runtime of the same run "
+             f"(decode: {h['baseline_runtime']}, prefill: {h['baseline_runtime_prefill']}), {h['hardware']} "
+             f"({h['isa']}), measured {h['measured']}; range over {h['protocol']['rounds']} interleaved rounds in "
+             f"brackets. Source: [`benchmarks/results/headline.json`](benchmarks/results/headline.json), from "
+             f"[`{Path(h['source']).parent}/latency.md`]({Path(h['source']).parent}/latency.md).", "",
+             "| what | speedup | paper |", "|---|---|---|"]
+    paper = {"decode_speedup_owl_wanda_70": "2.6x (OWL, DeepSparse, 16+ cores)",
+             "oats_vs_wanda_decode_50": "1.37x (OATS, DeepSparse)", "osscar_50_decode_speedup": ">= 1.8x target"}
+    for label, key in ROWS:
+        extra = f", {h['osscar_50_runtime']}" if key == "osscar_50_decode_speedup" else ""
+        lines.append(f"| {label}{extra} | **{h[key]:.2f}x**{spread(key)} | {paper.get(key, '')} |")
+    return "\n".join(lines)
+
+
+def update_readme(table: str, readme: Path = README) -> None:
+    text = readme.read_text()
+    pattern = re.compile(r"(<!-- headline:start -->\n).*?(\n<!-- headline:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme} has no <!-- headline:start --> ... <!-- headline:end --> section")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--out", type=Path, default=RESULTS / "headline.json")
+    args = parser.parse_args(argv)
+    h = headline(json.loads(args.report.read_text()), args.report.resolve())
+    args.out.write_text(json.dumps(h, indent=2) + "\n")
+    update_readme(readme_table(h))
+    log.info("wrote %s and the README's headline table", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

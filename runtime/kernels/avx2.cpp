@@ -1,0 +1,140 @@
+// AVX2 + FMA path (compiled with -mavx2 -mfma -mbmi2 -mpopcnt). No expand instruction: a
+// 16-column chunk is two 8-column halves, and each half's packed values are moved into place
+// by vpermps with an index from a 256-entry table (rank of each set bit), the lanes whose bit
+// is clear zeroed by a mask from a second table. Four rows of W run interleaved (a bitmap tile
+// of eight in two passes). Many rows:
+// many_rows.hpp, indices decoded from a table of set-bit positions.
+#include <immintrin.h>
+
+#include <array>
+
+#include "many_rows.hpp"
+
+namespace sparse_deploy::avx2 {
+namespace {
+
+struct Tables {
+    alignas(32) std::array<std::array<int32_t, 8>, 256> expand_index{};  // lane j <- packed value rank(j)
+    alignas(32) std::array<std::array<int32_t, 8>, 256> keep{};          // lane j: -1 if bit j set, else 0
+    alignas(32) std::array<std::array<int32_t, 8>, 256> positions{};     // the set bits' positions, in order
+    Tables() {
+        for (int b = 0; b < 256; ++b) {
+            int rank = 0;
+            for (int j = 0; j < 8; ++j) {
+                const bool set = (b >> j) & 1;
+                expand_index[b][j] = set ? rank : 0;
+                keep[b][j] = set ? -1 : 0;
+                if (set) positions[b][rank++] = j;
+            }
+        }
+    }
+};
+const Tables tables;
+
+struct Simd {
+    static constexpr size_t kLanes = 8;
+
+    // Offsets base + stride * j of the set bits j, in order.
+    static size_t decode(uint32_t bits, int32_t base, int32_t stride, int32_t* out) {
+        const __m256i s = _mm256_set1_epi32(stride);
+        const uint32_t lo = bits & 0xff, hi = bits >> 8;
+        const auto positions = [](uint32_t b) {
+            return _mm256_load_si256(reinterpret_cast<const __m256i*>(tables.positions[b].data()));
+        };
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                            _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_mullo_epi32(positions(lo), s)));
+        const size_t nlo = size_t(__builtin_popcount(lo));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + nlo),
+                            _mm256_add_epi32(_mm256_set1_epi32(base + 8 * stride), _mm256_mullo_epi32(positions(hi), s)));
+        return nlo + size_t(__builtin_popcount(hi));
+    }
+
+    template <int NACC>
+    static void rows(const float* v, const int32_t* idx, size_t cnt, const float* xt, float* yt) {
+        constexpr int U = NACC >= 4 ? 1 : 4 / NACC;
+        __m256 acc[U][NACC];
+        for (int u = 0; u < U; ++u)
+            for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? _mm256_load_ps(yt + 8 * i) : _mm256_setzero_ps();
+        size_t j = 0;
+        for (; j + U <= cnt; j += U)
+            for (int u = 0; u < U; ++u) {
+                const __m256 wv = _mm256_broadcast_ss(v + j + u);
+                const float* xr = xt + idx[j + u];
+                for (int i = 0; i < NACC; ++i) acc[u][i] = _mm256_fmadd_ps(wv, _mm256_load_ps(xr + 8 * i), acc[u][i]);
+            }
+        for (; j < cnt; ++j) {
+            const __m256 wv = _mm256_broadcast_ss(v + j);
+            const float* xr = xt + idx[j];
+            for (int i = 0; i < NACC; ++i) acc[0][i] = _mm256_fmadd_ps(wv, _mm256_load_ps(xr + 8 * i), acc[0][i]);
+        }
+        for (int i = 0; i < NACC; ++i) {
+            __m256 s = acc[0][i];
+            for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][i]);
+            _mm256_store_ps(yt + 8 * i, s);
+        }
+    }
+};
+
+constexpr size_t kPrefetch = 256;  // floats ahead on each value stream
+
+// acc += (the 8 columns of one half-chunk of W, expanded) * x
+inline __m256 half(uint32_t bits, const float*& p, __m256 xv, __m256 acc) {
+    const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(tables.expand_index[bits].data()));
+    const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(tables.keep[bits].data()));
+    const __m256 wv = _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(p), index), keep);
+    p += __builtin_popcount(bits);
+    return _mm256_fmadd_ps(wv, xv, acc);
+}
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Four rows of one bitmap tile (rows first..first+3 of it; `rows` of them real).
+void quad(const Packed& w, const float* xp, size_t tile, size_t first, size_t rows, float* y) {
+    const uint64_t* bits = reinterpret_cast<const uint64_t*>(w.masks) + tile * w.groups * kMaskRows + first;
+    const size_t n = tile * kMaskRows + first;
+    const float* p[4];
+    __m256 a[4];
+    for (size_t r = 0; r < 4; ++r) {
+        p[r] = w.values + w.rowptr[n + std::min(r, rows - 1)];
+        a[r] = _mm256_setzero_ps();
+    }
+    for (size_t g = 0; g < w.groups; ++g, bits += kMaskRows) {
+        for (int r = 0; r < 4; ++r) _mm_prefetch(reinterpret_cast<const char*>(p[r] + kPrefetch), _MM_HINT_T0);
+        for (size_t j = 0; j < kMaskChunks; ++j) {
+            const float* xc = xp + (g * kMaskChunks + j) * kChunk;
+            const __m256 xlo = _mm256_load_ps(xc), xhi = _mm256_load_ps(xc + 8);
+            for (int r = 0; r < 4; ++r) {
+                const uint32_t b = uint32_t(bits[r] >> (16 * j));
+                a[r] = half(b & 0xff, p[r], xlo, a[r]);
+                a[r] = half((b >> 8) & 0xff, p[r], xhi, a[r]);
+            }
+        }
+    }
+    for (size_t r = 0; r < rows; ++r) y[n + r] = hsum(a[r]);
+}
+
+void one_row(const Packed& w, const float* x, float* y, const ParallelFor& parallel) {
+    AlignedFloats xp = aligned_floats(w.groups * kMaskChunks * kChunk);  // x padded to whole groups
+    std::memcpy(xp.get(), x, w.k * sizeof(float));
+    const size_t tiles = (w.n + kMaskRows - 1) / kMaskRows, per_task = kRowTile / kMaskRows;
+    parallel((tiles + per_task - 1) / per_task, [&](size_t t) {
+        for (size_t tile = t * per_task; tile < std::min(tiles, (t + 1) * per_task); ++tile) {
+            const size_t rows = std::min(kMaskRows, w.n - tile * kMaskRows);
+            for (size_t first = 0; first < rows; first += 4) quad(w, xp.get(), tile, first, std::min<size_t>(4, rows - first), y);
+        }
+    });
+}
+
+}  // namespace
+
+void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
+    if (m == 1) return one_row(w, x, y, parallel);
+    many_rows<Simd>(w, x, m, y, parallel);
+}
+
+}  // namespace sparse_deploy::avx2

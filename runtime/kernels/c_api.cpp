@@ -1,0 +1,54 @@
+// A C interface to the kernels for tests and the kernel sweep (ctypes), outside any graph.
+// Errors come back as a non-zero status and sd_last_error().
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "sparse_format.hpp"
+
+namespace sparse_deploy {
+void ov_parallel(size_t tasks, const std::function<void(size_t)>& f);  // ov_extension.cpp
+}
+
+namespace {
+thread_local std::string last_error;
+}
+
+extern "C" {
+
+const char* sd_last_error() { return last_error.c_str(); }
+int sd_isa_supported(int isa) { return sparse_deploy::isa_supported(sparse_deploy::Isa(isa)) ? 1 : 0; }
+int sd_best_isa() { return int(sparse_deploy::best_isa()); }
+
+// Packs W (n x k, or k x n when transposed) into a new blob; *size receives its length.
+uint8_t* sd_pack(const float* w, size_t n, size_t k, int transposed, size_t* size) {
+    try {
+        const std::vector<uint8_t> blob = sparse_deploy::pack(w, n, k, transposed != 0);
+        auto* out = static_cast<uint8_t*>(std::malloc(blob.size()));
+        if (!out) throw std::bad_alloc();
+        std::memcpy(out, blob.data(), blob.size());
+        *size = blob.size();
+        return out;
+    } catch (const std::exception& e) {
+        last_error = e.what();
+        return nullptr;
+    }
+}
+
+void sd_free(uint8_t* blob) { std::free(blob); }
+
+// y (m x n) = x (m x k) · Wᵀ on the given ISA path; threaded=0 runs on the calling thread.
+int sd_matmul(const uint8_t* blob, size_t size, const float* x, size_t m, float* y, int isa, int threaded) {
+    try {
+        const sparse_deploy::Packed w = sparse_deploy::view(blob, size);
+        sparse_deploy::matmul(w, x, m, y, sparse_deploy::Isa(isa),
+                              threaded ? sparse_deploy::ParallelFor(sparse_deploy::ov_parallel)
+                                       : sparse_deploy::ParallelFor(sparse_deploy::serial_for));
+        return 0;
+    } catch (const std::exception& e) {
+        last_error = e.what();
+        return 1;
+    }
+}
+
+}  // extern "C"

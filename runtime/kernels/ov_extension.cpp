@@ -1,0 +1,135 @@
+// The OpenVINO side: a SparseMatMul op that runs the bitmap-16 kernels, and a conversion
+// extension that takes over the ONNX frontend's MatMul. A MatMul whose second input is a 2-D
+// f32 constant with at least SPARSE_DEPLOY_OV_MIN_SPARSITY zeros becomes
+// SparseMatMul(x, packed) with the weight packed once, here, when the model is read; every
+// other MatMul (attention, OATS's dense low-rank factors, OSSCAR's sliced weights, weights
+// too dense to gain) stays OpenVINO's own. So one standard ONNX file serves ONNX Runtime,
+// DeepSparse and OpenVINO alike: no custom-domain nodes in the artifact.
+//
+// Environment, read at conversion time:
+//   SPARSE_DEPLOY_OV_MIN_SPARSITY  share of zeros from which a weight goes sparse (default below)
+//   SPARSE_DEPLOY_OV_ISA           auto | avx512 | avx2 | scalar (auto: the widest this CPU runs)
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include <openvino/core/extension.hpp>
+#include <openvino/core/op_extension.hpp>
+#include <openvino/core/parallel.hpp>
+#include <openvino/frontend/onnx/extension/conversion.hpp>
+#include <openvino/op/constant.hpp>
+#include <openvino/op/matmul.hpp>
+#include <openvino/op/op.hpp>
+
+#include "sparse_format.hpp"
+
+namespace sparse_deploy {
+
+// The fallback when SPARSE_DEPLOY_OV_MIN_SPARSITY is not set; sparse-deploy always sets it from
+// runtime/openvino_runner.py's MIN_SPARSITY (chosen from the kernel sweep), which is the same.
+constexpr double kDefaultMinSparsity = 0.5;
+
+void ov_parallel(size_t tasks, const std::function<void(size_t)>& f) {
+    ov::parallel_for(tasks, [&](size_t t) { f(t); });
+}
+
+class SparseMatMul : public ov::op::Op {
+public:
+    OPENVINO_OP("SparseMatMul", "sparse_deploy");
+
+    SparseMatMul() = default;
+    SparseMatMul(const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& packed, int64_t n, int64_t k,
+                 std::string isa, std::string weight)
+        : Op({x, packed}), m_n(n), m_k(k), m_isa(std::move(isa)), m_weight(std::move(weight)) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        ov::PartialShape shape = get_input_partial_shape(0);
+        if (shape.rank().is_static()) {
+            const auto rank = shape.rank().get_length();
+            NODE_VALIDATION_CHECK(this, rank >= 1, "SparseMatMul needs x of rank >= 1");
+            NODE_VALIDATION_CHECK(this, shape[rank - 1].compatible(m_k), "SparseMatMul: x's last dimension is not ", m_k);
+            if (rank == 1)
+                shape = ov::PartialShape{m_n};
+            else
+                shape[rank - 1] = m_n;
+        }
+        set_output_type(0, get_input_element_type(0), shape);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        check_new_args_count(this, args);
+        return std::make_shared<SparseMatMul>(args[0], args[1], m_n, m_k, m_isa, m_weight);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& visitor) override {
+        visitor.on_attribute("n", m_n);
+        visitor.on_attribute("k", m_k);
+        visitor.on_attribute("isa", m_isa);
+        visitor.on_attribute("weight", m_weight);
+        return true;
+    }
+
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Tensor& x = inputs[0];
+        const ov::Tensor& blob = inputs[1];
+        const Packed w = view(static_cast<const uint8_t*>(blob.data()), blob.get_byte_size());
+        ov::Shape out_shape = x.get_shape();
+        if (out_shape.empty()) return false;
+        const size_t m = ov::shape_size(out_shape) / size_t(m_k);
+        out_shape.back() = size_t(m_n);
+        outputs[0].set_shape(out_shape);
+        matmul(w, x.data<const float>(), m, outputs[0].data<float>(), isa_from_name(m_isa), ov_parallel);
+        return true;
+    }
+
+private:
+    int64_t m_n = 0, m_k = 0;
+    std::string m_isa = "scalar";
+    std::string m_weight;
+};
+
+namespace {
+
+double min_sparsity() {
+    const char* s = std::getenv("SPARSE_DEPLOY_OV_MIN_SPARSITY");
+    return s && *s ? std::atof(s) : kDefaultMinSparsity;
+}
+
+std::string chosen_isa() {
+    const char* s = std::getenv("SPARSE_DEPLOY_OV_ISA");
+    const std::string name = s && *s ? s : "auto";
+    if (name == "auto") return isa_name(best_isa());
+    const Isa isa = isa_from_name(name);
+    if (!isa_supported(isa)) throw std::runtime_error("SPARSE_DEPLOY_OV_ISA=" + name + ": this CPU cannot run it");
+    return name;
+}
+
+ov::OutputVector convert_matmul(const ov::frontend::NodeContext& ctx) {
+    const ov::Output<ov::Node> x = ctx.get_input(0), b = ctx.get_input(1);
+    const auto weight = ov::as_type_ptr<ov::op::v0::Constant>(b.get_node_shared_ptr());
+    if (weight && weight->get_element_type() == ov::element::f32 && weight->get_shape().size() == 2) {
+        const size_t k = weight->get_shape()[0], n = weight->get_shape()[1];
+        const float* data = weight->get_data_ptr<float>();
+        size_t zeros = 0;
+        for (size_t i = 0; i < k * n; ++i) zeros += data[i] == 0.0f;
+        if (k * n > 0 && double(zeros) / double(k * n) >= min_sparsity()) {
+            const std::vector<uint8_t> blob = pack(data, n, k, /*transposed=*/true);
+            auto packed = std::make_shared<ov::op::v0::Constant>(ov::element::u8, ov::Shape{blob.size()}, blob.data());
+            auto op = std::make_shared<SparseMatMul>(x, packed, int64_t(n), int64_t(k), chosen_isa(),
+                                                     weight->get_friendly_name());
+            return {op};
+        }
+    }
+    return {std::make_shared<ov::op::v0::MatMul>(x, b)};
+}
+
+}  // namespace
+}  // namespace sparse_deploy
+
+OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
+    {std::make_shared<ov::OpExtension<sparse_deploy::SparseMatMul>>(),
+     std::make_shared<ov::frontend::onnx::ConversionExtension>("MatMul", sparse_deploy::convert_matmul)}));

@@ -1,0 +1,195 @@
+"""OpenVINO, in the main venv, with or without the project's sparse MatMul extension.
+
+Two runtimes for ``bench``: ``openvino`` (OpenVINO's own CPU plugin, dense) and
+``openvino-sparse`` (the same graph read with ``runtime/kernels``'s extension loaded: every
+MatMul whose constant weight has at least ``min_sparsity`` zeros runs on our bitmap-16 kernel,
+packed once when the model is read; see ``runtime/kernels/ov_extension.cpp``). The artifact is
+the same standard ONNX file that ONNX Runtime and DeepSparse load.
+
+Threads are explicit (``INFERENCE_NUM_THREADS``), latency hint, no model cache: nothing is
+written or fetched. OpenVINO's telemetry is only used by its command-line tools; the Python
+runtime API does not send any (checked by the test that runs this under ``unshare -n``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from pipeline.errors import SparseDeployError
+
+log = logging.getLogger(__name__)
+
+KERNELS = Path(__file__).resolve().parent / "kernels"
+LIBRARY = KERNELS / "build" / "libsparse_deploy_ov.so"
+BUILD_COMMAND = "bash scripts/install.sh kernels"
+ISAS = ("scalar", "avx2", "avx512")  # index = the C API's Isa value
+# The share of zeros from which a weight runs on the sparse op; declared here once and handed to
+# the extension (which has the same number as its fallback for other hosts). Chosen from the
+# kernel sweep (benchmarks/results/openvino_sparse_kernels.md): at one row the op is about even
+# with the dense MatMul at 50% and ahead above it.
+MIN_SPARSITY = 0.5
+
+
+def library() -> Path:
+    """The built extension, or a one-line error that says how to build it."""
+    if not LIBRARY.is_file():
+        raise SparseDeployError(f"sparse kernel extension not built ({LIBRARY} missing): run `{BUILD_COMMAND}`")
+    return LIBRARY
+
+
+@lru_cache(maxsize=1)
+def _c_api() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL(str(library()))
+    except OSError as exc:
+        raise SparseDeployError(f"sparse kernel extension {LIBRARY} does not load ({exc}): run `{BUILD_COMMAND}`") from None
+    lib.sd_pack.restype = ctypes.POINTER(ctypes.c_uint8)
+    lib.sd_pack.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
+                            ctypes.POINTER(ctypes.c_size_t)]
+    lib.sd_free.argtypes = [ctypes.c_void_p]
+    lib.sd_matmul.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                              ctypes.c_int, ctypes.c_int]
+    lib.sd_last_error.restype = ctypes.c_char_p
+    return lib
+
+
+def isa_supported(isa: str) -> bool:
+    return bool(_c_api().sd_isa_supported(ISAS.index(isa)))
+
+
+def best_isa() -> str:
+    return ISAS[_c_api().sd_best_isa()]
+
+
+class PackedWeight:
+    """A weight packed by the C API (for tests and kernel sweeps outside a graph)."""
+
+    def __init__(self, weight: np.ndarray, transposed: bool = False) -> None:
+        """``weight``: W (N x K), or Wᵀ (K x N, as an ONNX MatMul stores it) with ``transposed``."""
+        w = np.ascontiguousarray(weight, dtype=np.float32)
+        self.n, self.k = (w.shape[1], w.shape[0]) if transposed else w.shape
+        size = ctypes.c_size_t()
+        lib = _c_api()
+        self._ptr = lib.sd_pack(w.ctypes.data, self.n, self.k, int(transposed), ctypes.byref(size))
+        if not self._ptr:
+            raise SparseDeployError(f"packing failed: {lib.sd_last_error().decode()}")
+        self.nbytes = size.value
+
+    def matmul(self, x: np.ndarray, isa: str, threaded: bool = True) -> np.ndarray:
+        """x (M x K) · Wᵀ on one ISA path."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.k:
+            raise SparseDeployError(f"x must be M x {self.k}, got {x.shape}")
+        y = np.empty((x.shape[0], self.n), np.float32)
+        lib = _c_api()
+        if lib.sd_matmul(ctypes.cast(self._ptr, ctypes.c_void_p), self.nbytes, x.ctypes.data, x.shape[0],
+                         y.ctypes.data, ISAS.index(isa), int(threaded)):
+            raise SparseDeployError(lib.sd_last_error().decode())
+        return y
+
+    def __del__(self) -> None:
+        if getattr(self, "_ptr", None):
+            _c_api().sd_free(ctypes.cast(self._ptr, ctypes.c_void_p))
+            self._ptr = None
+
+
+@dataclass
+class SparseOps:
+    """What the extension did to one graph: MatMuls with a constant weight on the sparse op and
+    left dense (too few zeros), the ISA paths used."""
+
+    sparse: int = 0
+    dense: int = 0
+    isa: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sparse_matmuls": self.sparse, "dense_constant_matmuls": self.dense, "isa": self.isa}
+
+
+def _core(sparse: bool, isa: str | None, min_sparsity: float) -> Any:
+    import openvino as ov
+
+    core = ov.Core()
+    if sparse:
+        os.environ["SPARSE_DEPLOY_OV_MIN_SPARSITY"] = repr(min_sparsity)
+        os.environ["SPARSE_DEPLOY_OV_ISA"] = isa or "auto"
+        core.add_extension(str(library()))
+    return core
+
+
+def read_model(path: str | Path, sparse: bool, isa: str | None = None,
+               min_sparsity: float = MIN_SPARSITY) -> tuple[Any, Any, SparseOps]:
+    """``(core, model, ops)``: the graph as OpenVINO reads it (with the extension when
+    ``sparse``), and what went on the sparse op."""
+    if isa is not None and isa not in ISAS:
+        raise SparseDeployError(f"unknown ISA {isa!r}; choose from {', '.join(ISAS)}")
+    if sparse and isa is None and best_isa() == "scalar":
+        log.warning("this CPU has no AVX2: the sparse op runs its scalar path (slow)")
+    core = _core(sparse, isa, min_sparsity)
+    try:
+        model = core.read_model(str(path))
+    except RuntimeError as exc:
+        raise SparseDeployError(f"OpenVINO cannot read {path}: {str(exc).splitlines()[0][:300]}") from None
+    return core, model, count_ops(model)
+
+
+def count_ops(model: Any) -> SparseOps:
+    ops = SparseOps()
+    isas: Counter[str] = Counter()
+    for node in model.get_ordered_ops():
+        kind = node.get_type_name()
+        if kind == "SparseMatMul":
+            ops.sparse += 1
+            isas[node.get_attributes()["isa"]] += 1
+        elif kind == "MatMul" and node.input_value(1).get_node().get_type_name() == "Constant":
+            ops.dense += 1
+    ops.isa = dict(isas)
+    return ops
+
+
+def compile_model(path: str | Path, sparse: bool, threads: int | None = None, isa: str | None = None,
+                  min_sparsity: float = MIN_SPARSITY) -> tuple[Any, SparseOps]:
+    """A compiled model for the CPU plugin, and the sparse-op counts of its graph."""
+    core, model, ops = read_model(path, sparse, isa, min_sparsity)
+    # f32 like the artifact: on CPUs with AVX512_BF16 OpenVINO would otherwise run MatMuls in bf16
+    # (measured 1.8x faster at one row on a Zen 5 here), which is a different model, not a faster runtime.
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+    except RuntimeError as exc:
+        raise SparseDeployError(f"OpenVINO cannot compile {path}: {str(exc).splitlines()[0][:300]}") from None
+    return compiled, ops
+
+
+def run(compiled: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    request = compiled.create_infer_request() if not hasattr(compiled, "infer") else compiled
+    names = {name for port in compiled.inputs for name in port.get_names()}
+    result = request.infer({k: v for k, v in feeds.items() if k in names})
+    return [result[port] for port in compiled.outputs]
+
+
+def time_runs(compiled: Any, feeds: Mapping[str, np.ndarray], warmup: int, repetitions: int) -> list[float]:
+    """Wall time of each of ``repetitions`` runs (seconds) of one infer request, after ``warmup``."""
+    request = compiled.create_infer_request()
+    names = {name for port in compiled.inputs for name in port.get_names()}
+    inputs = {k: v for k, v in feeds.items() if k in names}
+    for _ in range(warmup):
+        request.infer(inputs)
+    times = []
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        request.infer(inputs)
+        times.append(time.perf_counter() - start)
+    return times

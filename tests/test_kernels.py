@@ -1,0 +1,111 @@
+"""The sparse MatMul kernels (runtime/kernels): every ISA path this CPU runs held to the scalar
+reference and to numpy, on shapes chosen to hit every edge of the format and the tiling; the
+library checked for instruction-set leaks; bad input.
+
+Shapes: K not a multiple of the 16-column chunk, N not a multiple of the 4-row or 64-row tiles,
+all-zero and fully dense rows, one row (decode) and many rows (prefill, across the 64/128-row
+blocks of the AVX2/AVX-512 paths). Tolerance: 1e-5 relative to the scale of |x|·|W| per
+output (float32 sums in a different order), and exactly 0 where a row of W is all zeros.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from pipeline.errors import SparseDeployError
+from runtime import openvino_runner
+from runtime.openvino_runner import ISAS, PackedWeight, isa_supported
+
+PATHS = [isa for isa in ISAS if isa_supported(isa)]
+SHAPES = [  # (N, K, M, sparsity)
+    (19, 37, 1, 0.7), (4, 16, 1, 0.0), (67, 100, 1, 0.5), (130, 529, 1, 0.9), (9, 33, 2, 0.7),
+    (65, 100, 17, 0.5), (130, 600, 129, 0.9), (8, 33, 200, 1.0), (70, 47, 3, 0.3), (33, 1000, 65, 0.8),
+]
+
+
+def _weight(n: int, k: int, sparsity: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[rng.random((n, k)) < sparsity] = 0
+    w[n // 2] = 0  # an all-zero row
+    if n > 2:
+        w[1] = rng.standard_normal(k)  # a fully dense row
+    return w
+
+
+def _bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)) + 1e-6
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}-K{}-M{}-s{}".format(*s))
+def test_every_path_matches_the_scalar_reference_and_numpy(shape):
+    n, k, m, sparsity = shape
+    w = _weight(n, k, sparsity, seed=n * k + m)
+    x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    for transposed in (False, True):  # W as torch stores it, and Wᵀ as an ONNX MatMul does
+        packed = PackedWeight(np.ascontiguousarray(w.T) if transposed else w, transposed=transposed)
+        reference = packed.matmul(x, "scalar", threaded=False)
+        assert np.all(np.abs(reference - exact) <= _bound(x, w))
+        for isa in PATHS:
+            for threaded in (False, True):
+                y = packed.matmul(x, isa, threaded=threaded)
+                assert np.all(np.abs(y - reference) <= _bound(x, w)), (isa, threaded)
+                assert np.all(y[:, n // 2] == 0)
+
+
+def test_the_cpu_runs_the_wide_paths_it_reports():
+    from pipeline.environment import cpu_isa
+
+    assert openvino_runner.best_isa() == cpu_isa()
+    assert "scalar" in PATHS
+
+
+def test_bytes_per_weight_are_the_formats():
+    """0.125 (bitmap) + 4 (1 - s) per logical weight, plus the header, row pointers and padding."""
+    n, k = 256, 1024
+    w = _weight(n, k, 0.7, seed=1)
+    nnz = int(np.count_nonzero(w))
+    packed = PackedWeight(w)
+    expected = n * k / 8 + 4 * nnz
+    assert expected <= packed.nbytes <= expected + 8 * (n + 1) + 4 * 16 + 4 * 64
+
+
+def test_no_wide_instructions_leak_outside_their_paths():
+    """Each ISA file is compiled with its own flags. An inline helper compiled in the AVX-512 file
+    and merged by the linker into the scalar path would crash a Zen 3 machine (no AVX-512) with
+    SIGILL; this checks the library's machine code: zmm registers only in functions of the
+    avx512 path, ymm only in the avx2 / avx512 paths."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not installed")
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", str(openvino_runner.library())],
+                          capture_output=True, text=True, check=True).stdout
+    leaks, function = set(), ""
+    for line in text.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            function = header.group(1)
+        elif "%zmm" in line and "avx512" not in function:
+            leaks.add(function)
+        elif "%ymm" in line and "avx2" not in function and "avx512" not in function:
+            leaks.add(function)
+    assert not leaks, sorted(leaks)[:5]
+
+
+def test_bad_input_is_a_clear_error(monkeypatch, tmp_path):
+    packed = PackedWeight(_weight(8, 32, 0.5, seed=0))
+    with pytest.raises(SparseDeployError, match="x must be M x 32"):
+        packed.matmul(np.zeros((1, 31), np.float32), "scalar")
+    missing = [isa for isa in ISAS if not isa_supported(isa)]
+    for isa in missing:  # a path this CPU lacks is refused, not run
+        with pytest.raises(SparseDeployError, match="cannot run"):
+            packed.matmul(np.zeros((1, 32), np.float32), isa)
+    monkeypatch.setattr(openvino_runner, "LIBRARY", tmp_path / "absent.so")
+    with pytest.raises(SparseDeployError, match="bash scripts/install.sh kernels"):
+        openvino_runner.library()
