@@ -53,6 +53,7 @@ class BenchSettings:
     repetitions: int = 10  # timed runs per cell and round
     runtimes: tuple[str, ...] = RUNTIMES
     rounds: int = 2  # interleaved passes over all artifacts, order reversed every other pass
+    min_sparsity: float = openvino_runner.MIN_SPARSITY  # openvino-sparse: share of zeros from which a weight goes sparse
 
     def __post_init__(self) -> None:
         unknown = set(self.runtimes) - set(RUNTIMES)
@@ -109,13 +110,15 @@ def _feeds(artifact: Path, flavour: str, graph: Path, s: BenchSettings) -> dict[
     return {first.name: np.random.default_rng(0).integers(3, 1000, (s.batch, s.seq_len), dtype=np.int64)}
 
 
-def _time(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
-          s: BenchSettings) -> tuple[list[float], dict[str, Any]]:
-    """Timed runs (seconds) of one cell, and what the runtime says about it."""
+def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
+              s: BenchSettings) -> tuple[list[float], dict[str, Any]]:
+    """Timed runs (seconds) of one graph in one runtime, and what the runtime says about it
+    (also the kernel sweep's timer: benchmarks/openvino_sparse_kernels.py)."""
     if runtime == "onnxruntime":
         return time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions), {}
     if runtime.startswith("openvino"):
-        compiled, ops = openvino_runner.compile_model(graph, sparse=runtime == "openvino-sparse", threads=s.threads)
+        compiled, ops = openvino_runner.compile_model(graph, sparse=runtime == "openvino-sparse", threads=s.threads,
+                                                      min_sparsity=s.min_sparsity)
         times = openvino_runner.time_runs(compiled, feeds, s.warmup, s.repetitions)
         return times, ({"sparse_ops": ops.as_dict()} if runtime == "openvino-sparse" else {})
     result = deepsparse_runner.run_deepsparse(graph, feeds, num_cores=s.threads, warmup=s.warmup,
@@ -176,7 +179,7 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
             continue  # failed in an earlier round: do not compile it again
         log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, cell.flavour, runtime)
         try:
-            runs[i, runtime].append(_time(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, cell.graph, s), s))
+            runs[i, runtime].append(time_cell(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, cell.graph, s), s))
         except SparseDeployError as exc:
             row.error = str(exc)
             log.error("%s", exc)

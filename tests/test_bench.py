@@ -112,7 +112,7 @@ def test_rounds_interleave_artifacts_so_drift_favours_none(tmp_path, monkeypatch
         calls.append(graph.parent.name)
         return [(100 - len(calls)) / 1000], {}
 
-    monkeypatch.setattr(latency, "_time", fake_time)
+    monkeypatch.setattr(latency, "time_cell", fake_time)
     monkeypatch.setattr(latency, "_feeds", lambda *a: {})
     settings = BenchSettings(repetitions=1, rounds=2, runtimes=("onnxruntime",))
     rows = latency.measure(arts, settings, labels=["a", "b"])

@@ -2,6 +2,7 @@
 artifact, `verify` on good and tampered copies."""
 
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -104,30 +105,57 @@ def test_second_run_skips_finished_stages_and_a_change_redoes_only_its_dependent
     assert ran == {"evaluate-dense", "evaluate"}
 
 
+def _stale_stages(recipe, out, monkeypatch) -> list[str]:
+    """The stages whose stored fingerprint no longer matches (compared, nothing run)."""
+    import pipeline.run as run
+
+    stale = []
+
+    def spy(out_, name, print_, produce):
+        marker = json.loads((out_ / "stages" / name / run.STAGE_FILE).read_text())
+        if marker["fingerprint"] != print_:
+            stale.append(name)
+        return {**marker["info"], "dir": str(out_ / "stages" / name), "skipped": True}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "run_stage", spy)
+        run.run_recipe(recipe, out)
+    return stale
+
+
 def test_a_code_change_makes_every_stage_stale(finished_run, monkeypatch):
     """A new sparse-deploy version must not be answered from stages its old version wrote."""
     import pipeline.run as run
 
     recipe, out, _ = finished_run
-
-    def stale_stages() -> list[str]:
-        stale = []
-
-        def spy(out_, name, print_, produce):  # compares fingerprints, runs nothing
-            marker = json.loads((out_ / "stages" / name / run.STAGE_FILE).read_text())
-            if marker["fingerprint"] != print_:
-                stale.append(name)
-            return {**marker["info"], "dir": str(out_ / "stages" / name), "skipped": True}
-
-        with monkeypatch.context() as patch:
-            patch.setattr(run, "run_stage", spy)
-            run.run_recipe(recipe, out)
-        return stale
-
-    assert stale_stages() == []
+    assert _stale_stages(recipe, out, monkeypatch) == []
     monkeypatch.setattr(run, "source_digest", lambda *packages: "another-version")
-    assert sorted(stale_stages()) == ["benchmark", "evaluate", "evaluate-dense", "export", "export-dense", "prune-0",
-                                      "prune-1"]  # the artifact follows from their new fingerprints
+    assert sorted(_stale_stages(recipe, out, monkeypatch)) == ["benchmark", "evaluate", "evaluate-dense", "export",
+                                                               "export-dense", "prune-0", "prune-1"]
+
+
+@pytest.mark.parametrize("module", ["runtime.bench", "runtime.openvino_runner"])
+def test_a_change_to_the_bench_or_kernel_code_reruns_the_benchmark(finished_run, monkeypatch, module):
+    """The real digest (not a fake): the code the benchmark stage runs lives in runtime/ (the
+    bench, the runners, the C++ kernels), and a change there must make the stage stale."""
+    import importlib
+
+    recipe, out, _ = finished_run
+    changed = Path(importlib.import_module(module).__file__).resolve()
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: real(self) + (b"\n# changed" if self.resolve() == changed else b""))
+    assert "benchmark" in _stale_stages(recipe, out, monkeypatch)
+
+
+def test_the_kernel_sources_are_part_of_the_digest(monkeypatch):
+    from pipeline.environment import source_digest
+    from runtime.openvino_runner import KERNELS
+
+    before = source_digest("runtime")
+    kernel = (KERNELS / "avx512.cpp").resolve()
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: real(self) + (b"// changed" if self.resolve() == kernel else b""))
+    assert source_digest("runtime") != before
 
 
 def test_verify_passes_on_the_artifact_and_fails_on_tampered_copies(finished_run, tmp_path, capsys):

@@ -1,0 +1,139 @@
+"""Where does our sparse MatMul (runtime/kernels, run as ``openvino-sparse``) pay off, next to
+every dense runtime and DeepSparse, on this machine?
+
+The chain 4096 -> 11008 -> 4096 -> 11008 -> 4096 (LLaMA-7B's MLP widths) of plain MatMuls (how
+the exported graphs spell a Linear), random weights with a random unstructured share of zeros,
+at 1, 16 and 128 rows (1 = a decode step, 128 = a prefill). For each number of rows, one
+interleaved group: the dense chain in ONNX Runtime, OpenVINO and DeepSparse; each sparse chain
+in openvino-sparse and (at 70% and 90%) DeepSparse. Every cell's speedup is against the fastest
+dense runtime of its group, with the range of per-round ratios.
+
+Per cell also: bytes per weight of the stored form (dense f32: 4; bitmap-16: 0.125 + 4 (1 - s)),
+the weight stream it achieves (GB/s = weight bytes / median time) and the bandwidth ceiling,
+i.e. the speedup it would reach at the fastest dense cell's GB/s (what bounds a one-row cell
+that streams its weights once).
+
+Writes ``benchmarks/results/openvino_sparse_kernels.{json,md}`` (~15 min):
+
+    .venv/bin/python -m benchmarks.openvino_sparse_kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.deepsparse_kernels import FORMS, HIDDEN, INTERMEDIATE, build_graph
+from pipeline.environment import describe
+from runtime.bench import BenchSettings, interleaved, pooled_stats, round_ratios, round_spread, time_cell
+
+RESULTS = Path(__file__).parent / "results"
+SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+DEEPSPARSE_SPARSITIES = (0.7, 0.9)
+ROWS = (1, 16, 128)
+DENSE_RUNTIMES = ("onnxruntime", "openvino", "deepsparse")
+FORM = FORMS[2]  # MatMul only, 2-D
+WEIGHTS = 2 * (HIDDEN * INTERMEDIATE) * 2  # four layers
+SETTINGS = BenchSettings(warmup=5, repetitions=20, rounds=2, min_sparsity=0.01)  # every sparse chain on the op
+
+
+def bytes_per_weight(runtime: str, sparsity: float) -> float:
+    """Bytes the runtime streams per logical weight: our op reads bitmap-16 (see
+    runtime/kernels/sparse_format.hpp); everything else here stores f32 densely."""
+    return 0.125 + 4 * (1 - sparsity) if runtime == "openvino-sparse" else 4.0
+
+
+def measure_rows(rows: int, work: Path) -> list[dict[str, Any]]:
+    graphs = {s: work / f"chain-{s}.onnx" for s in (0.0, *SPARSITIES)}
+    feeds = {"x": np.random.default_rng(rows).standard_normal((rows, HIDDEN)).astype(np.float32)}
+    for sparsity, path in graphs.items():
+        build_graph(path, FORM, rows, sparsity)
+    cells = [(rt, 0.0) for rt in DENSE_RUNTIMES] + [("openvino-sparse", s) for s in SPARSITIES] + \
+            [("deepsparse", s) for s in DEEPSPARSE_SPARSITIES]
+    runs: list[list[list[float]]] = [[] for _ in cells]
+    info: list[dict[str, Any]] = [{} for _ in cells]
+    try:
+        for r in range(SETTINGS.rounds):
+            for i in interleaved(list(range(len(cells))), r):
+                runtime, sparsity = cells[i]
+                logging.info("rows %d, round %d: %s at %.0f%%", rows, r + 1, runtime, 100 * sparsity)
+                times, info[i] = time_cell(runtime, graphs[sparsity], feeds, SETTINGS)
+                runs[i].append(times)
+    finally:
+        for path in graphs.values():  # 0.7 GB each
+            path.unlink(missing_ok=True)
+    out = []
+    for (runtime, sparsity), times, extra in zip(cells, runs, info):
+        stats = pooled_stats(times)
+        bpw = bytes_per_weight(runtime, sparsity)
+        out.append({"rows": rows, "runtime": runtime, "sparsity": sparsity, **stats,
+                    "bytes_per_weight": bpw, "gb_per_s": WEIGHTS * bpw / (stats["median_ms"] / 1000) / 1e9,
+                    **({"sparse_ops": extra["sparse_ops"]} if "sparse_ops" in extra else {}),
+                    **({"native_ops": extra["fraction_of_supported_ops"],
+                        "deepsparse": extra["deepsparse"]["deepsparse"]} if "deepsparse" in extra else {})})
+    base = min((c for c in out if c["sparsity"] == 0.0), key=lambda c: c["median_ms"])
+    for c in out:
+        c["baseline"] = base["runtime"]
+        c["speedup"] = base["median_ms"] / c["median_ms"]
+        c["round_speedups"] = round_ratios(base["round_medians_ms"], c["round_medians_ms"])
+        c["ceiling"] = 4.0 / c["bytes_per_weight"]  # at the baseline's bandwidth
+    return out
+
+
+def render(data: dict[str, Any]) -> str:
+    env = data["environment"]
+    lines = ["# Our sparse MatMul (openvino-sparse) vs dense runtimes and DeepSparse", "",
+             f"Measured {data['measured']} on {env['cpu']}, {env['cores']} cores, ISA {env.get('isa')}; "
+             f"onnxruntime {env['packages']['onnxruntime']}, openvino {env['packages'].get('openvino')} (f32), "
+             f"deepsparse {next((c['deepsparse'] for c in data['cells'] if 'deepsparse' in c), 'n/a')}.", "",
+             f"Chain {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN} -> {INTERMEDIATE} -> {HIDDEN} of MatMuls, random weights "
+             f"and zeros ({WEIGHTS / 1e6:.0f}M weights, {WEIGHTS * 4 / 1e6:.0f} MB in f32). Per number of rows, all "
+             f"cells in one group timed in {SETTINGS.rounds} interleaved rounds (back to back, reversed every other "
+             f"round), {SETTINGS.warmup} warm-up + {SETTINGS.repetitions} timed runs per cell and round; median of all "
+             "timed runs. Speedup = fastest dense cell's median / this median (range of per-round ratios in "
+             "brackets). GB/s = weight bytes streamed (bytes per weight x weights) / median. Ceiling = the speedup "
+             "at the fastest dense cell's bandwidth (4 / bytes per weight): what a one-row kernel that is bound by "
+             "memory could reach.", ""]
+    for rows in ROWS:
+        here = [c for c in data["cells"] if c["rows"] == rows]
+        if not here:
+            continue
+        lines += [f"## {rows} row{'s' if rows > 1 else ''}", "",
+                  "| runtime | sparsity | median ms | p10-p90 ms | speedup vs fastest dense | bytes/weight | GB/s | ceiling |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in here:
+            lines.append(f"| {c['runtime']} | {c['sparsity']:.0%} | {c['median_ms']:.2f} | {c['p10_ms']:.2f}-"
+                         f"{c['p90_ms']:.2f} | {c['speedup']:.2f}x{round_spread(c['round_speedups'])} | "
+                         f"{c['bytes_per_weight']:.3f} | {c['gb_per_s']:.1f} | {c['ceiling']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cells: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in args.rows:
+            cells += measure_rows(rows, Path(tmp))
+    data = {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "cells": cells,
+            "settings": {k: v for k, v in SETTINGS.__dict__.items() if k != "runtimes"}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "openvino_sparse_kernels.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "openvino_sparse_kernels.md").write_text(render(data))
+    logging.info("wrote %s", RESULTS / "openvino_sparse_kernels.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
