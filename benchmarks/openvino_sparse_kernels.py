@@ -45,10 +45,27 @@ WEIGHTS = 2 * (HIDDEN * INTERMEDIATE) * 2  # four layers
 SETTINGS = BenchSettings(warmup=5, repetitions=20, rounds=2, min_sparsity=0.01)  # every sparse chain on the op
 
 
-def bytes_per_weight(runtime: str, sparsity: float) -> float:
+def bytes_per_weight(runtime: str, sparsity: float) -> float | None:
     """Bytes the runtime streams per logical weight: our op reads bitmap-16 (see
-    runtime/kernels/sparse_format.hpp); everything else here stores f32 densely."""
-    return 0.125 + 4 * (1 - sparsity) if runtime == "openvino-sparse" else 4.0
+    runtime/kernels/sparse_format.hpp), dense cells f32; DeepSparse's sparse format is not
+    documented (None: no GB/s or ceiling claimed for it)."""
+    if runtime == "openvino-sparse":
+        return 0.125 + 4 * (1 - sparsity)
+    return 4.0 if sparsity == 0.0 else None
+
+
+def derive(cells: list[dict[str, Any]]) -> None:
+    """Bytes per weight, GB/s, ceiling and the speedup against the fastest dense cell of each
+    group of rows, from the measured medians (also re-applied by ``--render``)."""
+    for rows in {c["rows"] for c in cells}:
+        group = [c for c in cells if c["rows"] == rows]
+        base = min((c for c in group if c["sparsity"] == 0.0), key=lambda c: c["median_ms"])
+        for c in group:
+            bpw = bytes_per_weight(c["runtime"], c["sparsity"])
+            c.update(bytes_per_weight=bpw, baseline=base["runtime"], speedup=base["median_ms"] / c["median_ms"],
+                     round_speedups=round_ratios(base["round_medians_ms"], c["round_medians_ms"]),
+                     gb_per_s=None if bpw is None else WEIGHTS * bpw / (c["median_ms"] / 1000) / 1e9,
+                     ceiling=None if bpw is None else 4.0 / bpw)  # at the baseline's bandwidth
 
 
 def measure_rows(rows: int, work: Path) -> list[dict[str, Any]]:
@@ -72,19 +89,11 @@ def measure_rows(rows: int, work: Path) -> list[dict[str, Any]]:
             path.unlink(missing_ok=True)
     out = []
     for (runtime, sparsity), times, extra in zip(cells, runs, info):
-        stats = pooled_stats(times)
-        bpw = bytes_per_weight(runtime, sparsity)
-        out.append({"rows": rows, "runtime": runtime, "sparsity": sparsity, **stats,
-                    "bytes_per_weight": bpw, "gb_per_s": WEIGHTS * bpw / (stats["median_ms"] / 1000) / 1e9,
+        out.append({"rows": rows, "runtime": runtime, "sparsity": sparsity, **pooled_stats(times),
                     **({"sparse_ops": extra["sparse_ops"]} if "sparse_ops" in extra else {}),
                     **({"native_ops": extra["fraction_of_supported_ops"],
                         "deepsparse": extra["deepsparse"]["deepsparse"]} if "deepsparse" in extra else {})})
-    base = min((c for c in out if c["sparsity"] == 0.0), key=lambda c: c["median_ms"])
-    for c in out:
-        c["baseline"] = base["runtime"]
-        c["speedup"] = base["median_ms"] / c["median_ms"]
-        c["round_speedups"] = round_ratios(base["round_medians_ms"], c["round_medians_ms"])
-        c["ceiling"] = 4.0 / c["bytes_per_weight"]  # at the baseline's bandwidth
+    derive(out)
     return out
 
 
@@ -112,16 +121,28 @@ def render(data: dict[str, Any]) -> str:
         for c in here:
             lines.append(f"| {c['runtime']} | {c['sparsity']:.0%} | {c['median_ms']:.2f} | {c['p10_ms']:.2f}-"
                          f"{c['p90_ms']:.2f} | {c['speedup']:.2f}x{round_spread(c['round_speedups'])} | "
-                         f"{c['bytes_per_weight']:.3f} | {c['gb_per_s']:.1f} | {c['ceiling']:.2f}x |")
+                         f"{_num(c['bytes_per_weight'], '.3f')} | {_num(c['gb_per_s'], '.1f')} | "
+                         f"{_num(c['ceiling'], '.2f', 'x')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS))
+    parser.add_argument("--render", action="store_true", help="re-derive and re-render the committed JSON, no timing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.render:
+        data = json.loads((RESULTS / "openvino_sparse_kernels.json").read_text())
+        derive(data["cells"])
+        (RESULTS / "openvino_sparse_kernels.json").write_text(json.dumps(data, indent=2) + "\n")
+        (RESULTS / "openvino_sparse_kernels.md").write_text(render(data))
+        return 0
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for rows in args.rows:

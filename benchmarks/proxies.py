@@ -36,7 +36,7 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, PretrainedConfig
 
 from benchmarks.cache import code_keyed, drop_stale, tree_gb
-from runtime.bench import RUNTIMES, BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
+from runtime.bench import DENSE_BASELINES, RUNTIMES, BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
 from export.artifact import export_artifact
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
@@ -226,7 +226,10 @@ def fastest_dense_blocks(rows: list[BenchRow], blocks: int) -> tuple[list[dict[s
                       if k != "head-only"} for rt, st in by_runtime.items() if {"dense", "head-only"} <= st.keys()}
         if not block:
             continue
-        base_rt = min(block, key=lambda rt: block[rt]["dense"])
+        candidates = [rt for rt in block if rt in DENSE_BASELINES]
+        if not candidates:
+            continue
+        base_rt = min(candidates, key=lambda rt: block[rt]["dense"])
         base_rounds = _round_blocks(by_runtime[base_rt])["dense"]
         for rt, cells in block.items():
             rounds = _round_blocks(by_runtime[rt])
