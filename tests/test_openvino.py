@@ -120,3 +120,11 @@ def test_openvino_reads_nothing_from_the_network(llama_artifact, tmp_path):
     result = subprocess.run(["unshare", "-n", sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             cwd=openvino_runner.KERNELS.parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_cpu_without_avx2_is_warned_about_the_scalar_path(llama_artifact, monkeypatch, caplog):
+    """The scalar path's correctness is covered above (every path); here: the user is told."""
+    monkeypatch.setattr(openvino_runner, "best_isa", lambda: "scalar")
+    with caplog.at_level("WARNING"):
+        openvino_runner.read_model(llama_artifact / "prefill" / "model.onnx", sparse=True)
+    assert any("no AVX2" in r.getMessage() for r in caplog.records)
