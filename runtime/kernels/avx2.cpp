@@ -29,7 +29,12 @@ struct Tables {
         }
     }
 };
-const Tables tables;
+// Built on first use, from the AVX2 path only: a namespace-scope table would be constructed
+// when the library loads, by code compiled for AVX2, on any CPU.
+const Tables& tables() {
+    static const Tables t;
+    return t;
+}
 
 struct Simd {
     static constexpr size_t kLanes = 8;
@@ -39,7 +44,7 @@ struct Simd {
         const __m256i s = _mm256_set1_epi32(stride);
         const uint32_t lo = bits & 0xff, hi = bits >> 8;
         const auto positions = [](uint32_t b) {
-            return _mm256_load_si256(reinterpret_cast<const __m256i*>(tables.positions[b].data()));
+            return _mm256_load_si256(reinterpret_cast<const __m256i*>(tables().positions[b].data()));
         };
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
                             _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_mullo_epi32(positions(lo), s)));
@@ -78,9 +83,9 @@ struct Simd {
 constexpr size_t kPrefetch = 256;  // floats ahead on each value stream
 
 // acc += (the 8 columns of one half-chunk of W, expanded) * x
-inline __m256 half(uint32_t bits, const float*& p, __m256 xv, __m256 acc) {
-    const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(tables.expand_index[bits].data()));
-    const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(tables.keep[bits].data()));
+inline __m256 half(const Tables& t, uint32_t bits, const float*& p, __m256 xv, __m256 acc) {
+    const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.expand_index[bits].data()));
+    const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(t.keep[bits].data()));
     const __m256 wv = _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(p), index), keep);
     p += __builtin_popcount(bits);
     return _mm256_fmadd_ps(wv, xv, acc);
@@ -95,6 +100,7 @@ inline float hsum(__m256 v) {
 
 // Four rows of one bitmap tile (rows first..first+3 of it; `rows` of them real).
 void quad(const Packed& w, const float* xp, size_t tile, size_t first, size_t rows, float* y) {
+    const Tables& t = tables();
     const uint64_t* bits = reinterpret_cast<const uint64_t*>(w.masks) + tile * w.groups * kMaskRows + first;
     const size_t n = tile * kMaskRows + first;
     const float* p[4];
@@ -110,8 +116,8 @@ void quad(const Packed& w, const float* xp, size_t tile, size_t first, size_t ro
             const __m256 xlo = _mm256_load_ps(xc), xhi = _mm256_load_ps(xc + 8);
             for (int r = 0; r < 4; ++r) {
                 const uint32_t b = uint32_t(bits[r] >> (16 * j));
-                a[r] = half(b & 0xff, p[r], xlo, a[r]);
-                a[r] = half((b >> 8) & 0xff, p[r], xhi, a[r]);
+                a[r] = half(t, b & 0xff, p[r], xlo, a[r]);
+                a[r] = half(t, (b >> 8) & 0xff, p[r], xhi, a[r]);
             }
         }
     }
