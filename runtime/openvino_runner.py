@@ -162,7 +162,7 @@ def compile_model(path: str | Path, sparse: bool, threads: int | None = None, is
     """A compiled model for the CPU plugin, and the sparse-op counts of its graph."""
     core, model, ops = read_model(path, sparse, isa, min_sparsity)
     # f32 like the artifact: on CPUs with AVX512_BF16 OpenVINO would otherwise run MatMuls in bf16
-    # (measured 1.8x faster at one row on a Zen 5 here), which is a different model, not a faster runtime.
+    # (faster here), which is a different model, not a faster runtime.
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads

@@ -47,11 +47,11 @@ struct Simd {
 };
 
 // R rows of W, all chunks: x's chunk is compressed under each row's bitmap (vcompressps,
-// register form: measured faster here than expanding the values, register or memory form) and
+// register form: faster in a throwaway microbenchmark than expanding the values, register or memory form) and
 // multiplied with the row's next 16 packed values, of which only the first popcount meet a
 // non-zero lane. Masks are read four chunks (one u64) at a time; the value streams are
-// prefetched 1 KB ahead. A tile of 8 rows in flight measured best with 2 threads on a Zen 5
-// (70%, 4096x11008: 1.41 ms vs 1.68 ms with 4 rows, 2.22 ms with 2).
+// prefetched 1 KB ahead. A tile of 8 rows in flight beat 4 and 2 rows with 2 threads in
+// throwaway microbenchmarks on a Zen 5 (not kept: the committed figures are the sweep's).
 constexpr size_t kPrefetch = 256;  // floats ahead
 
 // One tile of kMaskRows rows of W (the last tile may hold fewer real rows: `rows`).

@@ -38,9 +38,8 @@ inline AlignedFloats aligned_floats(size_t count) {
 // One block of rows [m0, m0 + mb) of x, every row of W, through Simd::rows<NACC>.
 //
 // Loop order, and why: the reuse that matters is of transposed x, read S floats per non-zero.
-// K is walked in blocks whose transposed x stays in L1/L2 (kXtBudget: 64 KB measured best on
-// a Zen 5, 128 rows: 20.1 ms per 4096x11008 layer at 70% vs 31.7 ms at 1 MB and 34.5 ms at
-// 8 KB) while a task's tile of kNTile rows of W passes over it; each row keeps a cursor into its values, so a
+// K is walked in blocks whose transposed x stays in L1/L2 (kXtBudget: 64 KB was best of
+// 8 KB-1 MB in a throwaway microbenchmark on a Zen 5, 128 rows) while a task's tile of kNTile rows of W passes over it; each row keeps a cursor into its values, so a
 // block starts where the previous one ended. The tile's accumulators (kNTile x S floats) live in L2.
 template <class Simd, int NACC>
 void many_rows_block(const Packed& w, const float* x, size_t m0, size_t mb, float* y, const ParallelFor& parallel) {

@@ -6,7 +6,7 @@
 // that the one-row kernel reads them through one pointer: rows in tiles of kMaskRows, chunks in
 // groups of kMaskChunks, laid out [tile][group][row in tile][chunk in group] (see mask_index;
 // rows and chunks padded with empty bitmaps). Why: with one pointer per row the kernel ran out
-// of registers and GCC spilled the row pointers (measured 2-3x slower). Bytes per logical weight:
+// of registers and GCC spilled the row pointers (much slower in a throwaway microbenchmark). Bytes per logical weight:
 // 2/16 = 0.125 for the bitmap + 4 (1 - s) for the values (+ 8/K for the row pointers): 1.33 at 70% instead of 4, a bandwidth ceiling of 3.0x over dense.
 // Why a bitmap and not column indices: batch-1 decode is bound by the bytes it streams, and a
 // bitmap is the cheapest index there is at the sparsities we serve (a 16-bit column index
@@ -89,6 +89,6 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelF
 // Shared by the SIMD paths: the many-row kernels work on x transposed into column blocks.
 constexpr size_t kRowTile = 64;       // rows of W per task (one-row path)
 constexpr size_t kNTile = 256;            // rows of W per task (many-row path)
-constexpr size_t kXtBudget = 64 * 1024;  // bytes of transposed x per block of K (swept: 16 KB-1 MB, best 64 KB)
+constexpr size_t kXtBudget = 64 * 1024;  // bytes of transposed x per block of K (see many_rows.hpp)
 
 }  // namespace sparse_deploy
