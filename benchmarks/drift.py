@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runtime.bench import BenchSettings, _feeds, _manifest, round_ratios
+from export.artifact import read_manifest
+from runtime.bench import BenchSettings, _feeds, round_ratios
 from benchmarks.output import write_results
 from benchmarks.proxies import Variant, artifact_for, build_proxy, variant_artifact
 from pipeline.environment import describe
@@ -36,7 +37,7 @@ SPARSE = Variant.parse("wanda-60=wanda:0.6")
 
 
 def _decode(artifact: Path) -> tuple[Any, dict[str, Any]]:
-    graph = artifact / _manifest(artifact)["flavours"]["decode"]["file"]
+    graph = artifact / read_manifest(artifact)["flavours"]["decode"]["file"]
     return session(graph), _feeds(artifact, "decode", graph, BenchSettings())
 
 

@@ -30,6 +30,7 @@ from export.parity import Tolerance, check_reference, perplexity_parity, referen
 from export.weights import rename_weight_initializers, weight_report
 from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory, check_destination
+from pipeline.data import check_windows
 from pipeline.environment import describe
 from pipeline.errors import SparseDeployError
 from pipeline.factorized import factor_roles
@@ -39,6 +40,9 @@ from pipeline.prune import RECORD_FILE
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# Written after the manifest (it quotes the manifest's sha256), so not among the files the manifest hashes.
+MODEL_CARD = "MODEL_CARD.md"
+UNHASHED = (MANIFEST, MODEL_CARD)
 PARITY_DIR = "parity"  # fixed inputs and torch outputs per flavour, for `sparse-deploy verify`
 FORMAT = "sparse-deploy-artifact/1"
 EXTERNAL_DATA_ABOVE = 1 << 30  # bytes of initializers; protobuf caps a file at 2 GiB
@@ -66,6 +70,27 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def hashed_files(root: Path) -> dict[str, str]:
+    """sha256 of every file of an artifact directory except the top-level ``UNHASHED`` ones."""
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and str(p.relative_to(root)) not in UNHASHED}
+
+
+def read_manifest(artifact: Path) -> dict[str, Any]:
+    """An artifact's manifest, or a one-line error for a directory that is not one or a manifest
+    that is not JSON (truncated in a copy, edited by hand)."""
+    path = artifact / MANIFEST
+    if not path.is_file():
+        raise SparseDeployError(f"'{artifact}' is not an artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SparseDeployError(f"{path} is not valid JSON ({exc}): the artifact is damaged") from None
+    if not isinstance(manifest, dict):
+        raise SparseDeployError(f"{path} is not a JSON object: the artifact is damaged")
+    return manifest
 
 
 def _source_hash(model_dir: Path) -> str | None:
@@ -117,6 +142,7 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
                     parity_windows: int = 4, parity_seq_len: int = 256) -> dict[str, Any]:
     """Export ``model`` (a pruned directory, a named model or a Hub id) to the artifact ``out``."""
     check_destination(out, overwrite)
+    check_windows(parity_windows, parity_seq_len, "perplexity parity")
     loaded = load_model(model)
     model_dir = Path(loaded.path)
     started = time.perf_counter()
@@ -154,7 +180,7 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
             "parity": {"tolerance": tolerance.__dict__, **parity},
             "environment": describe(),
             "export_seconds": time.perf_counter() - started,
-            "files": {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+            "files": hashed_files(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

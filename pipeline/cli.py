@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pipeline.atomic import check_destination
 from pipeline.errors import SparseDeployError
@@ -19,21 +19,39 @@ from pipeline.errors import SparseDeployError
 log = logging.getLogger("pipeline")
 
 
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argparse type for counts: a bad value is a usage error naming the flag, not a
+    traceback (or an IndexError after a minute of export)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return parse
+
+
+COUNT, POSITIVE, TOKENS = _at_least(0), _at_least(1), _at_least(2)  # tokens: a window predicts >= 1 token
+
+
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-source", default="c4",
                    help="packaged text name or a .txt/.jsonl file (default: c4); 'fashion-mnist' for vision models")
-    g.add_argument("--calib-samples", type=int, default=64, help="number of token windows (default: 64)")
-    g.add_argument("--calib-seq-len", type=int, default=512, help="tokens per window (default: 512)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the window offsets (default: 0)")
-    g.add_argument("--calib-image-size", type=int, default=224, help="vision: input size in pixels (default: 224)")
+    g.add_argument("--calib-samples", type=POSITIVE, default=64, help="number of token windows (default: 64)")
+    g.add_argument("--calib-seq-len", type=TOKENS, default=512, help="tokens per window (default: 512)")
+    g.add_argument("--seed", type=COUNT, default=0, help="seed of the window offsets (default: 0)")
+    g.add_argument("--calib-image-size", type=POSITIVE, default=224, help="vision: input size in pixels (default: 224)")
 
 
 def _add_eval_args(p: argparse.ArgumentParser, windows: int = 32) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-source", default="wiki", help="held-out text (default: wiki)")
-    g.add_argument("--eval-windows", type=int, default=windows, help=f"non-overlapping windows (default: {windows})")
-    g.add_argument("--eval-seq-len", type=int, default=512, help="tokens per window (default: 512)")
+    g.add_argument("--eval-windows", type=POSITIVE, default=windows, help=f"non-overlapping windows (default: {windows})")
+    g.add_argument("--eval-seq-len", type=TOKENS, default=512, help="tokens per window (default: 512)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,20 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--model", required=True, help="pruned model directory, named model or Hugging Face id")
     x.add_argument("--out", required=True, type=Path, help="artifact directory (must be empty or absent)")
     x.add_argument("--overwrite", action="store_true")
-    x.add_argument("--parity-windows", type=int, default=4, help="held-out windows for perplexity parity")
-    x.add_argument("--parity-seq-len", type=int, default=256)
+    x.add_argument("--parity-windows", type=POSITIVE, default=4, help="held-out windows for perplexity parity")
+    x.add_argument("--parity-seq-len", type=TOKENS, default=256)
 
     b = sub.add_parser("bench", help="CPU latency of artifacts in DeepSparse, ONNX Runtime and OpenVINO")
     b.add_argument("artifacts", nargs="+", type=Path)
     b.add_argument("--runtime", help="comma-separated, from deepsparse, onnxruntime, openvino, openvino-sparse "
                                      "(default: all of them)")
-    b.add_argument("--seq-len", type=int, default=128, help="prefill tokens (default: 128)")
-    b.add_argument("--past", type=int, default=127, help="cached tokens before the decoded one (default: 127)")
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--threads", type=int, help="cores per runtime (default: all)")
-    b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--repetitions", type=int, default=10, help="timed runs per cell and round (default: 10)")
-    b.add_argument("--rounds", type=int, default=2,
+    b.add_argument("--seq-len", type=POSITIVE, default=128, help="prefill tokens (default: 128)")
+    b.add_argument("--past", type=COUNT, default=127, help="cached tokens before the decoded one (default: 127)")
+    b.add_argument("--batch", type=POSITIVE, default=1)
+    b.add_argument("--threads", type=POSITIVE, help="cores per runtime (default: all)")
+    b.add_argument("--warmup", type=COUNT, default=3)
+    b.add_argument("--repetitions", type=POSITIVE, default=10, help="timed runs per cell and round (default: 10)")
+    b.add_argument("--rounds", type=POSITIVE, default=2,
                    help="interleaved rounds over all artifacts, order reversed every other round, so that the "
                         "machine's drift does not favour one artifact (default: 2)")
     b.add_argument("--out", type=Path, default=Path("out/bench"), help="report directory")
@@ -91,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="re-check an artifact's file hashes and its graphs' parity (exit 1 on mismatch)")
     v.add_argument("artifact", type=Path)
+    v.add_argument("--manifest-sha256", metavar="HEX",
+                   help="the manifest's sha256 as handed over (printed by `run` and `verify`): fail if it differs, "
+                        "which catches a manifest rewritten together with the files it lists")
 
     r = sub.add_parser("run", help="run a recipe: prune -> evaluate -> export -> benchmark -> report, resumable")
     r.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
@@ -169,7 +190,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 def _cmd_verify(args: argparse.Namespace) -> None:
     from export.verify import verify_artifact
 
-    result = verify_artifact(args.artifact)
+    result = verify_artifact(args.artifact, manifest_sha256=args.manifest_sha256)
+    log.info("manifest sha256 %s%s", result.manifest_sha256, " (matches the pinned value)" if args.manifest_sha256
+             and result.ok else "")
     for flavour, check in result.parity.items():
         log.info("%s: max abs error %.3g vs stored torch outputs", flavour, check["max_abs_error"])
     if not result.ok:
@@ -200,13 +223,20 @@ _COMMANDS = {"prune": _cmd_prune, "eval": _cmd_eval, "export": _cmd_export, "ben
              "demo": _cmd_demo, "models": _cmd_models, "verify": _cmd_verify, "run": _cmd_run}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     for noisy in ("transformers", "urllib3", "huggingface_hub", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    _COMMANDS[args.command](args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Everything inside the handlers, the parser too: building it imports the pruners (torch),
+    # the seconds in which a Ctrl-C is most likely.
     try:
-        _COMMANDS[args.command](args)
+        return _run(argv)
     except VerificationFailed as exc:
         print(f"sparse-deploy: verification failed: {exc}", file=sys.stderr)
         return 1
@@ -216,7 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparse-deploy: interrupted; nothing was written", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import SparseDeployError
+from pipeline.errors import SparseDeployError, first_line
 
 PACKAGED_TEXTS = ("c4", "wiki", "code", "tiny", "technical", "multilingual")
 _DOC_TAG = re.compile(r"^</?doc[^>]*>\s*$", re.MULTILINE)
@@ -32,19 +32,44 @@ def packaged_text_path(name: str) -> Path:
     return Path(dist.locate_file(f"exllamav2/conversion/standard_cal_data/{name}.utf8"))
 
 
-def read_text(source: str) -> str:
-    """The text of a named packaged source or of a file (plain text or JSONL)."""
+def text_source_path(source: str) -> Path:
+    """The file behind a text source, checked to exist (recipes call it before any stage)."""
     path = packaged_text_path(source) if source in PACKAGED_TEXTS else Path(source)
     if not path.is_file():
         raise SparseDeployError(
             f"text source '{source}' is neither a packaged text ({', '.join(PACKAGED_TEXTS)}) nor a file"
         )
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
+    return path
+
+
+def _jsonl_texts(path: Path, raw: str) -> list[str]:
+    texts = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            raw = "\n\n".join(json.loads(line)["text"] for line in raw.splitlines() if line.strip())
+            text = json.loads(line)["text"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise SparseDeployError(f"{path}: every JSONL line needs a 'text' field ({exc})") from None
+            raise SparseDeployError(f"{path}, line {number}: not a JSON object with a 'text' field "
+                                    f"({first_line(exc, 80)})") from None
+        if not isinstance(text, str):
+            raise SparseDeployError(f"{path}, line {number}: 'text' must be a string, got {type(text).__name__}")
+        texts.append(text)
+    return texts
+
+
+def read_text(source: str) -> str:
+    """The text of a named packaged source or of a file (UTF-8 plain text or JSONL)."""
+    path = text_source_path(source)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SparseDeployError(f"text source {path} is not UTF-8 text (byte {exc.start}): pass a .txt or .jsonl "
+                                "file") from None
+    except OSError as exc:
+        raise SparseDeployError(f"cannot read text source {path} ({exc.strerror or first_line(exc)})") from None
+    if path.suffix == ".jsonl":
+        raw = "\n\n".join(_jsonl_texts(path, raw))
     return _DOC_TAG.sub("", raw)
 
 
@@ -81,8 +106,16 @@ def calibration_samples(tokenizer: Any, source: str, samples: int, seq_len: int,
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 
 
+def check_windows(windows: int, seq_len: int, what: str = "evaluation") -> None:
+    """A perplexity needs at least one window of two tokens (one predicted); callers check
+    before loading a model, so that a bad count fails in a second, not after an export."""
+    if isinstance(windows, bool) or isinstance(seq_len, bool) or windows < 1 or seq_len < 2:
+        raise SparseDeployError(f"{what} needs windows >= 1 and seq_len >= 2, got {windows} x {seq_len}")
+
+
 def evaluation_windows(tokenizer: Any, source: str, windows: int, seq_len: int) -> torch.Tensor:
     """The first ``windows`` non-overlapping windows of ``seq_len`` tokens, ``(windows, seq_len)``."""
+    check_windows(windows, seq_len)
     text = read_text(source)
     need = windows * seq_len
     # Tokenize only a long-enough prefix: every text we ship has >= 2 characters per token.

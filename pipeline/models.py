@@ -12,6 +12,7 @@ no network:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -36,8 +39,8 @@ from transformers import (
 )
 
 from pipeline.architectures import ArchitectureSpec, ModelKind, spec_for_type
-from pipeline.atomic import atomic_directory
-from pipeline.errors import SparseDeployError
+from pipeline.atomic import atomic_directory, remove_stale_temporaries
+from pipeline.errors import SparseDeployError, first_line
 from pipeline.factorized import CONFIG_KEY as FACTORIZED_KEY
 from pipeline.factorized import restore_factorized
 from pipeline.slicing import CONFIG_KEY as SLICED_KEY
@@ -159,6 +162,7 @@ def resolve_model_dir(name_or_path: str) -> str:
     if named.packaged_dir is not None:
         return str(_package_file(*named.packaged_dir))
     target = cache_dir() / "models" / named.name
+    remove_stale_temporaries(target)  # a materialization killed earlier
     if not (target / "config.json").is_file():
         with atomic_directory(target, overwrite=True) as tmp:
             named.materialize(tmp)
@@ -183,7 +187,7 @@ def _tokenizer_if_any(path: str) -> Any | None:
     local = Path(path)
     if local.is_dir() and not any(local.glob("tokenizer*")):
         return None
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
 def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
@@ -213,21 +217,64 @@ def _load_restructured(auto: type, spec: ArchitectureSpec, directory: Path, conf
     return model
 
 
-def load_model(name_or_path: str) -> LoadedModel:
-    """Load a named model, a local HF directory or a Hub id in float32, eval mode."""
-    path = resolve_model_dir(name_or_path)
+def _local_config(directory: Path) -> dict[str, Any]:
+    """A local directory's ``config.json`` read as data, nothing executed: transformers would
+    guess a model type from the directory's name when the file is missing (an empty ``emptydir``
+    becomes 'mpt') and list every known type when ``model_type`` is."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise SparseDeployError(f"'{directory}' has no config.json: not a Hugging Face model directory")
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SparseDeployError(f"{path} is not readable JSON ({first_line(exc)})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise SparseDeployError(f"{path} has no 'model_type': not a transformers model configuration")
+    return config
+
+
+def refuse_custom_code(config: dict[str, Any], where: str) -> None:
+    """Never run code shipped with a model: an ``auto_map`` naming classes for a model type
+    transformers does not know would import the directory's own Python. With a known type
+    transformers' built-in classes are used (``trust_remote_code=False`` everywhere) and the
+    ``auto_map`` is ignored, as for the Hub's Phi-3 configs."""
+    if "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING:
+        raise SparseDeployError(
+            f"{where} ships its own model code (config.json has an auto_map for model_type "
+            f"'{config.get('model_type')}', unknown to transformers); sparse-deploy never runs code from a "
+            "model directory"
+        )
+
+
+def load_config(name_or_path: str) -> tuple[str, PretrainedConfig]:
+    """The directory ``from_pretrained`` will read and its configuration, with one-line errors;
+    no code from the model is run. Recipes call it to validate their model before any stage."""
+    path = resolve_model_dir(name_or_path)
+    if Path(path).is_dir():
+        refuse_custom_code(_local_config(Path(path)), f"'{name_or_path}'")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         names = ", ".join(NAMED_MODELS)
         raise SparseDeployError(
             f"unknown model '{name_or_path}': not a named model ({names}), not a local model directory, "
-            f"and the Hugging Face Hub could not provide it ({str(exc).splitlines()[0]})"
+            f"and the Hugging Face Hub could not provide it ({first_line(exc)})"
         ) from None
+    refuse_custom_code(config.to_dict(), f"'{name_or_path}'")
+    spec_for_type(config.model_type)  # unsupported architectures fail here, before any weight is read
+    return path, config
+
+
+def load_model(name_or_path: str) -> LoadedModel:
+    """Load a named model, a local HF directory or a Hub id in float32, eval mode."""
+    path, config = load_config(name_or_path)
     spec = spec_for_type(config.model_type)
-    if getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None):
-        model = _load_restructured(_auto_class(spec), spec, Path(path), config).eval()
-    else:
-        model = _auto_class(spec).from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = None if spec.kind is ModelKind.VISION else _tokenizer_if_any(path)
+    try:
+        if getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None):
+            model = _load_restructured(_auto_class(spec), spec, Path(path), config).eval()
+        else:
+            model = _auto_class(spec).from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()
+        tokenizer = None if spec.kind is ModelKind.VISION else _tokenizer_if_any(path)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # missing, truncated or mismatched files
+        raise SparseDeployError(f"cannot load '{name_or_path}' ({first_line(exc)})") from None
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=name_or_path, path=path)

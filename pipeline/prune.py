@@ -18,7 +18,7 @@ import torch
 
 from pipeline.architectures import ModelKind, linear_layers, transformer_blocks
 from pipeline.atomic import atomic_directory
-from pipeline.data import TextProtocol, calibration_samples, token_batches
+from pipeline.data import TextProtocol, calibration_samples, text_source_path, token_batches
 from pipeline.environment import describe, peak_rss_mb
 from pipeline.factorized import record_factorized
 from pipeline.images import fashion_mnist, pixel_batches
@@ -93,11 +93,19 @@ def check_sparsity(sparsity: float | None, pruner: Pruner) -> float:
     return sparsity
 
 
-def calibration_batches(loaded: LoadedModel, calibration: CalibrationConfig) -> list[dict[str, Any]]:
-    if loaded.spec.kind is ModelKind.VISION:
-        if calibration.source != IMAGE_SOURCE:
+def check_calibration_source(kind: ModelKind, source: str) -> None:
+    """Images for vision models, an existing text source for the others (before any compute)."""
+    if kind is ModelKind.VISION:
+        if source != IMAGE_SOURCE:
             raise SparseDeployError(f"vision models calibrate on images: use the calibration source '{IMAGE_SOURCE}' "
-                                    f"(got '{calibration.source}')")
+                                    f"(got '{source}')")
+    else:
+        text_source_path(source)
+
+
+def calibration_batches(loaded: LoadedModel, calibration: CalibrationConfig) -> list[dict[str, Any]]:
+    check_calibration_source(loaded.spec.kind, calibration.source)
+    if loaded.spec.kind is ModelKind.VISION:
         images = fashion_mnist("train", calibration.samples, calibration.seed).images
         return pixel_batches(images, calibration.image_size, calibration.batch_size)
     ids = calibration_samples(loaded.tokenizer, calibration.source, calibration.samples, calibration.seq_len,

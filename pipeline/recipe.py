@@ -23,9 +23,12 @@ from typing import Any
 import yaml
 
 from runtime.bench import RUNTIMES, BenchSettings
+from pipeline.architectures import ModelKind, spec_for_type
+from pipeline.data import text_source_path
 from pipeline.errors import SparseDeployError
+from pipeline.models import load_config
 from pipeline.owl import OWLConfig
-from pipeline.prune import CalibrationConfig
+from pipeline.prune import CalibrationConfig, check_calibration_source
 from pipeline.pruners import PRUNERS, build_pruner
 
 
@@ -198,11 +201,37 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     )
 
 
+def check_inputs(recipe: Recipe) -> None:
+    """What parsing cannot see: the model resolves to a supported architecture, and the
+    calibration and evaluation sources exist for its kind. Run before the first stage, so that a
+    bad input leaves no ``stages/`` behind (loads the model's configuration, not its weights)."""
+    def checked(key: str, check: Any, *args: Any) -> Any:
+        try:
+            return check(*args)
+        except SparseDeployError as exc:
+            raise _fail(key, str(exc)) from None
+
+    _, config = checked("model", load_config, recipe.model)
+    kind = spec_for_type(config.model_type).kind
+    checked("calibration.source", check_calibration_source, kind, recipe.calibration.source)
+    if recipe.evaluate is not None and kind is ModelKind.CAUSAL_LM:
+        checked("evaluate.source", text_source_path, recipe.evaluate.source)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and where: ``line 3, column 7: mapping values are not allowed here``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def load_recipe(path: Path) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"no recipe at {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise RecipeError(f"{path} is not valid YAML ({_yaml_problem(exc)})") from None
     return parse_recipe(data, path.stem)

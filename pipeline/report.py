@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from export.artifact import MANIFEST, sha256
+from export.artifact import MANIFEST, MODEL_CARD, hashed_files, sha256
 from pipeline.atomic import atomic_directory
 from pipeline.environment import describe
 from pipeline.recipe import Recipe
@@ -42,8 +42,8 @@ def _latency_table(bench: dict[str, Any] | None) -> dict[str, dict[str, dict[str
 
 
 def summary_lines(report: dict[str, Any], artifact: Path) -> list[str]:
-    """The three lines ``make demo`` ends with (after where things are)."""
-    lines = [f"artifact: {artifact}   report: {artifact / 'report.md'}   card: {artifact / 'MODEL_CARD.md'}"]
+    """The lines ``make demo`` ends with: where things are, quality, latency, the manifest to pin."""
+    lines = [f"artifact: {artifact}   report: {artifact / 'report.md'}   card: {artifact / MODEL_CARD}"]
     q = report.get("quality")
     if q and q["metric"]:
         lines.append(f"{q['metric']}: dense {q['dense']:.4g} -> pruned {q['pruned']:.4g}")
@@ -52,6 +52,10 @@ def summary_lines(report: dict[str, Any], artifact: Path) -> list[str]:
         cells = [f"{rt} {c['dense_ms']:.2f} -> {c['pruned_ms']:.2f} ms ({c.get('speedup', float('nan')):.2f}x)"
                  for rt, c in report["latency"][main].items() if "dense_ms" in c and "pruned_ms" in c]
         lines.append(f"latency ({main}, median): " + "; ".join(cells))
+    if (artifact / MANIFEST).is_file():
+        digest = sha256(artifact / MANIFEST)
+        lines.append(f"manifest sha256 {digest}: hand it over with the artifact; the receiver runs "
+                     f"`sparse-deploy verify {artifact} --manifest-sha256 {digest}`")
     return lines
 
 
@@ -181,8 +185,12 @@ def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
               "```python", "import numpy as np", "from deepsparse import Engine",
               f'engine = Engine("ARTIFACT_DIR/{graph}", batch_size=1, input_shapes={shape})',
               f"print(engine([{feed}])[0].shape)", "```", "",
-              "`sparse-deploy verify ARTIFACT_DIR` re-checks every file's sha256 and the graphs against the torch "
-              "outputs stored at export.", "", "## Known limits", "",
+              "## Check what you received", "",
+              f"manifest.json sha256: `{report['manifest_sha256']}`", "",
+              f"`sparse-deploy verify ARTIFACT_DIR --manifest-sha256 {report['manifest_sha256']}` re-checks every "
+              "file's sha256 against the manifest and the graphs against the torch outputs stored at export. Take "
+              "the pinned value from the hand-off message, not from this card: whoever can rewrite the files can "
+              "rewrite this card too (SECURITY.md says what verify proves).", "", "## Known limits", "",
               "- DeepSparse's licence allows evaluation and development use, not production serving.",
               "- Unstructured zeros speed nothing up in ONNX Runtime or plain OpenVINO; only the sparse MatMul extension "
               "(openvino-sparse) and DeepSparse use them, and on narrow layers they may not pay off (see the latency "
@@ -218,11 +226,11 @@ def assemble_artifact(recipe: Recipe, stages: dict[str, dict[str, Any]], pruned_
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         manifest = json.loads((tmp / MANIFEST).read_text())
-        (tmp / "MODEL_CARD.md").write_text(_model_card(report, manifest))
         manifest["recipe_pipeline"] = report["recipe"]
         manifest["openvino"] = openvino_manifest(manifest)
-        manifest["files"] = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*"))
-                             if p.is_file() and p.name != MANIFEST}
+        manifest["files"] = hashed_files(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        report["manifest_sha256"] = sha256(tmp / MANIFEST)
+        (tmp / MODEL_CARD).write_text(_model_card(report, manifest))
     report["summary"] = summary_lines(report, out)
     return report

@@ -25,10 +25,10 @@ from typing import Any, Callable
 import yaml
 
 from pipeline.architectures import ModelKind
-from pipeline.atomic import atomic_directory
+from pipeline.atomic import atomic_directory, check_directory_path
 from pipeline.environment import source_digest
 from pipeline.models import load_model
-from pipeline.recipe import Recipe, load_recipe
+from pipeline.recipe import Recipe, check_inputs, load_recipe
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ def run_recipe(path: Path, out: Path) -> dict[str, Any]:
     from pipeline.report import assemble_artifact, summary_lines
 
     recipe = load_recipe(path)
+    check_directory_path(out)
+    check_inputs(recipe)
     resolved = recipe.to_dict()
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, dict[str, Any]] = {}

@@ -18,6 +18,7 @@ When an artifact with sparse weights is not faster than its dense twin in DeepSp
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import textwrap
@@ -31,10 +32,11 @@ import numpy as np
 import onnx
 from transformers import AutoConfig
 
-from export.artifact import MANIFEST
+from export.artifact import read_manifest
 from export.graphs import KVGeometry, decode_inputs
 from pipeline.environment import describe
-from pipeline.errors import SparseDeployError
+from pipeline.atomic import check_directory_path
+from pipeline.errors import SparseDeployError, first_line
 from runtime import deepsparse_runner, openvino_runner
 from runtime.onnxruntime_runner import session, time_runs
 
@@ -60,6 +62,8 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         unknown = set(self.runtimes) - set(RUNTIMES)
+        if not self.runtimes:
+            raise SparseDeployError(f"no runtime given; choose from {', '.join(RUNTIMES)}")
         if unknown:
             raise SparseDeployError(f"unknown runtime(s) {', '.join(sorted(unknown))}; choose from {', '.join(RUNTIMES)}")
         if min(self.seq_len, self.batch, self.repetitions, self.rounds) < 1 or self.past < 0 or self.warmup < 0:
@@ -71,13 +75,6 @@ def summarize(times: list[float]) -> dict[str, float]:
     return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
             "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
             "stdev_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, "n": len(ms)}
-
-
-def _manifest(artifact: Path) -> dict[str, Any]:
-    path = artifact / MANIFEST
-    if not path.is_file():
-        raise SparseDeployError(f"'{artifact}' is not an artifact (no {MANIFEST})")
-    return json.loads(path.read_text())
 
 
 def block_sparsity(manifest: dict[str, Any]) -> float | None:
@@ -102,7 +99,7 @@ def _block_weights(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _feeds(artifact: Path, flavour: str, graph: Path, s: BenchSettings) -> dict[str, np.ndarray]:
     if flavour == "decode":
-        geometry = KVGeometry.from_config(AutoConfig.from_pretrained(artifact))
+        geometry = KVGeometry.from_config(AutoConfig.from_pretrained(artifact, trust_remote_code=False))
         return {k: v.numpy() for k, v in decode_inputs(geometry, seq=1, past=s.past, batch=s.batch).items()}
     if flavour == "prefill":
         return {"input_ids": np.random.default_rng(0).integers(3, 1000, (s.batch, s.seq_len), dtype=np.int64)}
@@ -156,7 +153,7 @@ class _Cell:
 def _cells(artifacts: list[Path], labels: list[str] | None) -> list[_Cell]:
     cells = []
     for i, artifact in enumerate(artifacts):
-        manifest = _manifest(artifact)
+        manifest = read_manifest(artifact)
         for flavour, info in manifest["flavours"].items():
             cells.append(_Cell(artifact, labels[i] if labels else artifact.name, block_sparsity(manifest),
                                block_nonzeros(manifest), flavour, artifact / info["file"]))
@@ -183,9 +180,10 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
         log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, cell.flavour, runtime)
         try:
             runs[i, runtime].append(time_cell(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, cell.graph, s), s))
-        except SparseDeployError as exc:
-            row.error = str(exc)
-            log.error("%s", exc)
+        except Exception as exc:  # a graph a runtime cannot load or run is a failed cell, reported, not a traceback
+            row.error = str(exc) if isinstance(exc, SparseDeployError) else f"{runtime}: {first_line(exc)}"
+            log.error("%s / %s / %s failed: %s", cell.label, cell.flavour, runtime, row.error)
+            log.debug("cell failure", exc_info=True)
     for key, row in rows.items():
         if not row.error:
             row.stats = _pooled(runs[key])
@@ -284,15 +282,18 @@ def sparse_not_faster(table: list[dict[str, Any]], min_sparsity: float = 0.3) ->
 
 def write_report(rows: list[BenchRow], s: BenchSettings, out: Path, title: str = "Latency",
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
+    """latency.{json,md,png} in ``out``, all rendered before the first is written, so that a
+    failure (in the plot, say) leaves no report that looks complete but lacks a part."""
     table = speedups(rows)
     report = {"title": title, "measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(),
               "settings": s.__dict__, "rows": [r.__dict__ for r in rows], "speedups": table,
               "fastest_dense": fastest_dense(rows),
               "sparse_not_faster_in_deepsparse": sparse_not_faster(table), **(extra or {})}
-    (out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "latency.md").write_text(_markdown(report))
-    _plot(rows, out / "latency.png", title)
+    rendered = {"latency.json": (json.dumps(report, indent=2) + "\n").encode(),
+                "latency.md": _markdown(report).encode(), "latency.png": _plot(rows, title)}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in rendered.items():
+        (out / name).write_bytes(data)
     return report
 
 
@@ -359,7 +360,8 @@ def _fmt(sparsity: float | None) -> str:
     return "no blocks" if sparsity is None else f"{sparsity:.2f}"
 
 
-def _plot(rows: list[BenchRow], path: Path, title: str) -> None:
+def _plot(rows: list[BenchRow], title: str) -> bytes:
+    """The latency figure as PNG bytes: latency vs block sparsity, one panel per graph."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,22 +383,36 @@ def _plot(rows: list[BenchRow], path: Path, title: str) -> None:
         ax.set_xlabel("decoder-block weight sparsity")
         ax.set_ylabel("latency (ms, median, p10-p90)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.suptitle("\n".join(textwrap.wrap(title, 50 * len(flavours))), fontsize=10)  # long variant lists wrap
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    return png.getvalue()
+
+
+def failed_cells(rows: list[BenchRow]) -> list[BenchRow]:
+    return [r for r in rows if r.error]
 
 
 def bench(artifacts: list[Path], s: BenchSettings, out: Path, allow_slower: bool = False,
           labels: list[str] | None = None, title: str = "Latency") -> dict[str, Any]:
-    """Measure, write the report, and fail when sparsity did not pay off in DeepSparse."""
+    """Measure, write the report, and fail when a cell could not be measured or sparsity did
+    not pay off in DeepSparse (the report is written either way: it says which and why)."""
+    check_directory_path(out)
     if "deepsparse" in s.runtimes and not deepsparse_runner.available():
         raise SparseDeployError("DeepSparse venv missing (run `make install`) or pass --runtime onnxruntime")
     if "openvino-sparse" in s.runtimes:
         openvino_runner.library()  # one line naming the build command, before any timing
     rows = measure(artifacts, s, labels)
     report = write_report(rows, s, out, title=title)
+    failed = failed_cells(rows)
+    if failed:
+        first = failed[0]
+        raise SparseDeployError(f"{len(failed)} of {len(rows)} measurements failed (first: {first.label} / "
+                                f"{first.flavour} / {first.runtime}: {first.error}); report in {out}")
     bad = report["sparse_not_faster_in_deepsparse"]
     if bad and not allow_slower:
         names = ", ".join(f"{t['artifact']} ({t['flavour']} {t['speedup']:.2f}x)" for t in bad)

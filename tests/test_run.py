@@ -8,6 +8,7 @@ import shutil
 import pytest
 import yaml
 
+from export.artifact import sha256
 from pipeline.cli import main
 from pipeline.recipe import RecipeError, load_recipe, parse_recipe
 from pipeline.run import run_recipe
@@ -89,7 +90,7 @@ def test_run_produces_the_hand_off_artifact(finished_run):
     assert report["latency"]["decode"]["onnxruntime"]["speedup"] > 0
     card = (artifact / "MODEL_CARD.md").read_text()
     assert "ORTModelForCausalLM" in card and "deepsparse import Engine" in card and "Known limits" in card
-    assert len(report["summary"]) == 3 and "perplexity: dense" in report["summary"][1]
+    assert len(report["summary"]) == 4 and "perplexity: dense" in report["summary"][1]
 
 
 def test_second_run_skips_finished_stages_and_a_change_redoes_only_its_dependents(finished_run, caplog):
@@ -176,3 +177,14 @@ def test_verify_passes_on_the_artifact_and_fails_on_tampered_copies(finished_run
     (added / "extra.bin").write_bytes(b"x")
     assert main(["verify", str(added)]) == 1
     assert "unlisted file extra.bin" in capsys.readouterr().err
+
+
+def test_the_hand_off_names_the_manifest_to_pin(finished_run, caplog):
+    _, out, first = finished_run
+    artifact = out / "artifact"
+    digest = sha256(artifact / "manifest.json")
+    assert f"manifest.json sha256: `{digest}`" in (artifact / "MODEL_CARD.md").read_text()
+    assert digest in first["summary"][-1]
+    with caplog.at_level("INFO"):
+        assert main(["verify", str(artifact), "--manifest-sha256", digest]) == 0
+    assert f"manifest sha256 {digest}" in caplog.text
