@@ -38,7 +38,7 @@ SPARSE = Variant.parse("wanda-60=wanda:0.6")
 
 def _decode(artifact: Path) -> tuple[Any, dict[str, Any]]:
     graph = artifact / read_manifest(artifact)["flavours"]["decode"]["file"]
-    return session(graph), _feeds(artifact, "decode", graph, BenchSettings())
+    return session(graph), _feeds(artifact, "decode", BenchSettings())
 
 
 def _median_ms(sess: Any, feeds: dict[str, Any], runs: int) -> float:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -37,7 +36,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, Pretrain
 
 from benchmarks.cache import code_keyed, drop_stale, tree_gb
 from runtime.bench import DENSE_BASELINES, RUNTIMES, BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
-from export.artifact import export_artifact
+from export.artifact import export_artifact, read_manifest
+from pipeline.architectures import block_index
 from pipeline.atomic import atomic_directory
 from pipeline.errors import SparseDeployError
 from pipeline.data import calibration_samples, token_batches
@@ -263,8 +263,8 @@ def artifact_sizes(artifacts: dict[str, Path]) -> tuple[dict[str, Any], str]:
     unstructured zeros (stored dense in ONNX) do not."""
     sizes = {}
     for label, artifact in artifacts.items():
-        weights = json.loads((artifact / "manifest.json").read_text())["weights"]
-        blocks = [w for name, w in weights.items() if "layers." in name]
+        weights = read_manifest(artifact)["weights"]
+        blocks = [w for name, w in weights.items() if block_index(name) is not None]
         decode_bytes = sum(f.stat().st_size for f in artifact.iterdir() if f.is_file() and f.name.startswith("model.onnx"))
         sizes[label] = {"block_params": sum(int(math.prod(w["shape"])) for w in blocks),
                         "block_nonzeros": sum(w["nonzeros"] for w in blocks), "decode_graph_bytes": decode_bytes}

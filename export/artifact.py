@@ -26,7 +26,8 @@ import onnx
 
 from export.graphs import IR_VERSION, OPSET, export_graph, make_deepsparse_compatible
 from export.metadata import write_metadata
-from export.parity import Tolerance, check_reference, perplexity_parity, reference_outputs
+from export.parity import (PARITY_SEQ_LEN, PARITY_WINDOWS, Tolerance, check_reference, perplexity_parity,
+                           reference_outputs)
 from export.weights import rename_weight_initializers, weight_report
 from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory, check_destination
@@ -139,7 +140,7 @@ def _copy_serving_files(model_dir: Path, out: Path) -> None:
 
 
 def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: Tolerance = Tolerance(),
-                    parity_windows: int = 4, parity_seq_len: int = 256) -> dict[str, Any]:
+                    parity_windows: int = PARITY_WINDOWS, parity_seq_len: int = PARITY_SEQ_LEN) -> dict[str, Any]:
     """Export ``model`` (a pruned directory, a named model or a Hub id) to the artifact ``out``."""
     check_destination(out, overwrite)
     check_windows(parity_windows, parity_seq_len, "perplexity parity")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from pipeline.architectures import ModelKind, spec_for
+from pipeline.architectures import head_dim, kv_heads, spec_for
 from pipeline.slicing import CONFIG_KEY as SLICED_KEY
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,9 @@ class KVGeometry:
 
     @classmethod
     def from_config(cls, c: Any) -> "KVGeometry":
-        heads = c.num_attention_heads
-        uniform = getattr(c, "num_key_value_heads", None) or heads
         sliced = (getattr(c, SLICED_KEY, None) or {}).get("kv_heads_per_layer")
-        kv = tuple(sliced) if sliced else (uniform,) * c.num_hidden_layers
-        return cls(c.num_hidden_layers, kv, getattr(c, "head_dim", None) or c.hidden_size // heads)
+        kv = tuple(sliced) if sliced else (kv_heads(c),) * c.num_hidden_layers
+        return cls(c.num_hidden_layers, kv, head_dim(c))
 
     def names(self, prefix: str) -> list[str]:
         return [f"{prefix}.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
@@ -176,16 +174,11 @@ def export_graph(model: PreTrainedModel, flavour: str, path: Path) -> dict:
             module, outputs = CausalLMPrefill(model).eval(), ["logits"]
             args, dynamic = (feeds["input_ids"],), ({0: "batch", 1: "sequence"},)
         elif flavour == "encoder":
-            if kind is ModelKind.VISION:
-                size = model.config.image_size
-                feeds = {"pixel_values": torch.randn(2, model.config.num_channels, size, size)}
-                dynamic = ({0: "batch"},)
-            else:
-                feeds = {"input_ids": torch.randint(3, 1000, (2, 8))}
-                dynamic = ({0: "batch", 1: "sequence"},)
-            name = next(iter(feeds))
-            module, outputs = EncoderGraph(model, name).eval(), ["last_hidden_state"]
-            args = (feeds[name],)
+            graph_input = kind.encoder_input
+            feeds = {graph_input.name: torch.from_numpy(graph_input.example(model.config, batch=2, seq_len=8))}
+            dynamic = (graph_input.dynamic,)
+            module, outputs = EncoderGraph(model, graph_input.name).eval(), ["last_hidden_state"]
+            args = (feeds[graph_input.name],)
         else:
             raise ValueError(f"unknown flavour {flavour}")
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET, input_names=list(feeds),

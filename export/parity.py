@@ -17,9 +17,16 @@ import torch
 from transformers import PreTrainedModel
 
 from export.graphs import CausalLMDecode, CausalLMPrefill, EncoderGraph, KVGeometry, decode_inputs, table_rotary
+from pipeline.architectures import spec_for
 from pipeline.data import evaluation_windows
-from pipeline.evaluate import window_nll
+from pipeline.evaluate import EVAL_SOURCE, window_nll
 from runtime.onnxruntime_runner import run, session
+
+
+# The perplexity parity check's defaults (export API, CLI, recipes): a few windows, enough to
+# catch a graph that computes something else, cheap next to the export itself.
+PARITY_WINDOWS = 4
+PARITY_SEQ_LEN = 256
 
 
 @dataclass(frozen=True)
@@ -91,17 +98,16 @@ def reference_outputs(model: PreTrainedModel, flavour: str, path: Path) -> Refer
             feeds = {"input_ids": torch.randint(3, 1000, (2, 16), generator=torch.Generator().manual_seed(1))}
             want = (CausalLMPrefill(model)(feeds["input_ids"]),)
         else:
-            name = sess.get_inputs()[0].name
-            shape = [2 if isinstance(d, str) else d for d in sess.get_inputs()[0].shape]
-            x = (torch.randn(*shape) if name == "pixel_values"
-                 else torch.randint(3, 1000, (2, 16)))
-            feeds, want = {name: x}, (EncoderGraph(model, name)(x),)
+            graph_input = spec_for(model).kind.encoder_input
+            x = torch.from_numpy(graph_input.example(model.config, batch=2, seq_len=16, seed=1))
+            feeds, want = {graph_input.name: x}, (EncoderGraph(model, graph_input.name)(x),)
     return Reference({k: v.numpy() for k, v in feeds.items()},
                      {n: w.detach().numpy() for n, w in zip(outputs, want)})
 
 
 def perplexity_parity(model: PreTrainedModel, tokenizer: Any, prefill_path: Path, tol: Tolerance,
-                      source: str = "wiki", windows: int = 4, seq_len: int = 256) -> dict[str, Any]:
+                      source: str = EVAL_SOURCE, windows: int = PARITY_WINDOWS,
+                      seq_len: int = PARITY_SEQ_LEN) -> dict[str, Any]:
     ids = evaluation_windows(tokenizer, source, windows, seq_len)
     total, count = window_nll(model, ids)
     sess = session(prefill_path)

@@ -8,12 +8,14 @@ which Auto class loads it and what kind of inputs it takes; nothing else branche
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from pipeline.errors import SparseDeployError
 from pipeline.factorized import SparseLowRankLinear
@@ -25,6 +27,53 @@ class ModelKind(str, Enum):
     CAUSAL_LM = "causal-lm"  # token ids in, next-token logits out; perplexity
     TEXT_ENCODER = "text-encoder"  # token ids in, hidden states out
     VISION = "vision"  # pixel values in, hidden states out
+
+    @property
+    def auto_class(self) -> type:
+        """The transformers Auto class that loads this kind."""
+        return AutoModelForCausalLM if self is ModelKind.CAUSAL_LM else AutoModel
+
+    @property
+    def encoder_input(self) -> "GraphInput":
+        """What an encoder graph of this kind takes (causal LMs: their prefill graph's input)."""
+        return PIXEL_INPUT if self is ModelKind.VISION else TOKEN_INPUT
+
+
+def head_dim(config: Any) -> int:
+    """Width of one attention head (configs that state it, like Phi-3's, win over the quotient)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def kv_heads(config: Any) -> int:
+    """Key/value heads of every layer as configured (GQA; all query heads without it). A sliced
+    model records its per-layer counts beside this (``pipeline.slicing``)."""
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """The one input of an encoder graph: token ids (text) or an image batch (vision)."""
+
+    name: str
+    dtype: str  # numpy's name
+    dynamic: dict[int, str] = field(default_factory=dict)  # axis -> name, for the exporter
+
+    def shape(self, config: Any, batch: int, seq_len: int) -> tuple[int, ...]:
+        if self.name == "pixel_values":
+            return batch, config.num_channels, config.image_size, config.image_size
+        return batch, seq_len
+
+    def example(self, config: Any, batch: int, seq_len: int, seed: int = 0) -> np.ndarray:
+        """Inputs that run the graph (random token ids 3..999, or standard-normal pixels)."""
+        rng = np.random.default_rng(seed)
+        shape = self.shape(config, batch, seq_len)
+        if np.dtype(self.dtype).kind == "f":
+            return rng.standard_normal(shape).astype(self.dtype)
+        return rng.integers(3, 1000, shape, dtype=self.dtype)
+
+
+TOKEN_INPUT = GraphInput("input_ids", "int64", {0: "batch", 1: "sequence"})
+PIXEL_INPUT = GraphInput("pixel_values", "float32", {0: "batch"})  # the image size is the config's
 
 
 @dataclass(frozen=True)
@@ -98,10 +147,10 @@ class ArchitectureSpec:
 
 
 def _phi3_fused(config: PretrainedConfig) -> dict[str, list[int]]:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv = config.num_key_value_heads * head_dim
+    width = head_dim(config)
+    kv = kv_heads(config) * width
     return {
-        "self_attn.qkv_proj": [config.num_attention_heads * head_dim, kv, kv],
+        "self_attn.qkv_proj": [config.num_attention_heads * width, kv, kv],
         "mlp.gate_up_proj": [config.intermediate_size, config.intermediate_size],
     }
 
@@ -151,6 +200,21 @@ def spec_for_type(model_type: str) -> ArchitectureSpec:
         raise SparseDeployError(
             f"unsupported architecture '{model_type}'; supported: {', '.join(supported_model_types())}"
         ) from None
+
+
+def _block_pattern() -> re.Pattern[str]:
+    lists = sorted({spec.blocks.rsplit(".", 1)[-1] for spec in _SPECS.values()})
+    return re.compile(rf"(?:^|\.)(?:{'|'.join(lists)})\.(\d+)\.")
+
+
+_BLOCK_PATTERN = _block_pattern()
+
+
+def block_index(parameter: str) -> int | None:
+    """The block a parameter (or an exported weight named after it) belongs to, else None
+    (embeddings, final norm, head): ``model.layers.3.mlp.up_proj.weight`` -> 3."""
+    found = _BLOCK_PATTERN.search(parameter)
+    return int(found.group(1)) if found else None
 
 
 def spec_for(model: PreTrainedModel) -> ArchitectureSpec:

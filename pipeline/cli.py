@@ -37,25 +37,39 @@ def _at_least(least: int) -> Callable[[str], int]:
 COUNT, POSITIVE, TOKENS = _at_least(0), _at_least(1), _at_least(2)  # tokens: a window predicts >= 1 token
 
 
+# Defaults are read from the dataclasses and constants that the API uses (declared once there);
+# "%(default)s" shows them in --help.
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.prune import CalibrationConfig
+
+    c = CalibrationConfig()
     g = p.add_argument_group("calibration")
-    g.add_argument("--calib-source", default="c4",
-                   help="packaged text name or a .txt/.jsonl file (default: c4); 'fashion-mnist' for vision models")
-    g.add_argument("--calib-samples", type=POSITIVE, default=64, help="number of token windows (default: 64)")
-    g.add_argument("--calib-seq-len", type=TOKENS, default=512, help="tokens per window (default: 512)")
-    g.add_argument("--seed", type=COUNT, default=0, help="seed of the window offsets (default: 0)")
-    g.add_argument("--calib-image-size", type=POSITIVE, default=224, help="vision: input size in pixels (default: 224)")
+    g.add_argument("--calib-source", default=c.source,
+                   help="packaged text name or a .txt/.jsonl file (default: %(default)s); 'fashion-mnist' for vision")
+    g.add_argument("--calib-samples", type=POSITIVE, default=c.samples, help="token windows (default: %(default)s)")
+    g.add_argument("--calib-seq-len", type=TOKENS, default=c.seq_len, help="tokens per window (default: %(default)s)")
+    g.add_argument("--seed", type=COUNT, default=c.seed, help="seed of the window offsets (default: %(default)s)")
+    g.add_argument("--calib-image-size", type=POSITIVE, default=c.image_size,
+                   help="vision: input size in pixels (default: %(default)s)")
 
 
-def _add_eval_args(p: argparse.ArgumentParser, windows: int = 32) -> None:
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.evaluate import EVAL_SEQ_LEN, EVAL_SOURCE, EVAL_WINDOWS
+
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-source", default="wiki", help="held-out text (default: wiki)")
-    g.add_argument("--eval-windows", type=POSITIVE, default=windows, help=f"non-overlapping windows (default: {windows})")
-    g.add_argument("--eval-seq-len", type=TOKENS, default=512, help="tokens per window (default: 512)")
+    g.add_argument("--eval-source", default=EVAL_SOURCE, help="held-out text (default: %(default)s)")
+    g.add_argument("--eval-windows", type=POSITIVE, default=EVAL_WINDOWS,
+                   help="non-overlapping windows (default: %(default)s)")
+    g.add_argument("--eval-seq-len", type=TOKENS, default=EVAL_SEQ_LEN, help="tokens per window (default: %(default)s)")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from export.parity import PARITY_SEQ_LEN, PARITY_WINDOWS
+    from pipeline.owl import OWLConfig
     from pipeline.pruners import PRUNERS
+    from runtime.bench import RUNTIMES, BenchSettings
+
+    owl, bench = OWLConfig(), BenchSettings()
 
     parser = argparse.ArgumentParser(prog="sparse-deploy", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -69,8 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method parameter, e.g. --param rank_ratio=0.3 --param iterations=80 (OATS); repeatable")
     p.add_argument("--owl", action="store_true", help="OWL per-block sparsities (computed on the dense model)")
-    p.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default: 5)")
-    p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL half-spread lambda (default: 0.08)")
+    p.add_argument("--owl-m", type=float, default=owl.m, help="OWL outlier threshold M (default: %(default)s)")
+    p.add_argument("--owl-lambda", type=float, default=owl.lam, help="OWL half-spread lambda (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output directory (must be empty or absent)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     _add_calibration_args(p)
@@ -87,22 +101,25 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--model", required=True, help="pruned model directory, named model or Hugging Face id")
     x.add_argument("--out", required=True, type=Path, help="artifact directory (must be empty or absent)")
     x.add_argument("--overwrite", action="store_true")
-    x.add_argument("--parity-windows", type=POSITIVE, default=4, help="held-out windows for perplexity parity")
-    x.add_argument("--parity-seq-len", type=TOKENS, default=256)
+    x.add_argument("--parity-windows", type=POSITIVE, default=PARITY_WINDOWS,
+                   help="held-out windows for perplexity parity (default: %(default)s)")
+    x.add_argument("--parity-seq-len", type=TOKENS, default=PARITY_SEQ_LEN, help="(default: %(default)s)")
 
     b = sub.add_parser("bench", help="CPU latency of artifacts in DeepSparse, ONNX Runtime and OpenVINO")
     b.add_argument("artifacts", nargs="+", type=Path)
-    b.add_argument("--runtime", help="comma-separated, from deepsparse, onnxruntime, openvino, openvino-sparse "
-                                     "(default: all of them)")
-    b.add_argument("--seq-len", type=POSITIVE, default=128, help="prefill tokens (default: 128)")
-    b.add_argument("--past", type=COUNT, default=127, help="cached tokens before the decoded one (default: 127)")
-    b.add_argument("--batch", type=POSITIVE, default=1)
-    b.add_argument("--threads", type=POSITIVE, help="cores per runtime (default: all)")
-    b.add_argument("--warmup", type=COUNT, default=3)
-    b.add_argument("--repetitions", type=POSITIVE, default=10, help="timed runs per cell and round (default: 10)")
-    b.add_argument("--rounds", type=POSITIVE, default=2,
+    b.add_argument("--runtime", default=",".join(bench.runtimes),
+                   help=f"comma-separated, from {', '.join(RUNTIMES)} (default: %(default)s)")
+    b.add_argument("--seq-len", type=POSITIVE, default=bench.seq_len, help="prefill tokens (default: %(default)s)")
+    b.add_argument("--past", type=COUNT, default=bench.past,
+                   help="cached tokens before the decoded one (default: %(default)s)")
+    b.add_argument("--batch", type=POSITIVE, default=bench.batch, help="(default: %(default)s)")
+    b.add_argument("--threads", type=POSITIVE, default=bench.threads, help="cores per runtime (default: all)")
+    b.add_argument("--warmup", type=COUNT, default=bench.warmup, help="(default: %(default)s)")
+    b.add_argument("--repetitions", type=POSITIVE, default=bench.repetitions,
+                   help="timed runs per cell and round (default: %(default)s)")
+    b.add_argument("--rounds", type=POSITIVE, default=bench.rounds,
                    help="interleaved rounds over all artifacts, order reversed every other round, so that the "
-                        "machine's drift does not favour one artifact (default: 2)")
+                        "machine's drift does not favour one artifact (default: %(default)s)")
     b.add_argument("--out", type=Path, default=Path("out/bench"), help="report directory")
     b.add_argument("--allow-slower", action="store_true",
                    help="do not fail when a sparse artifact is not faster than dense in DeepSparse")
@@ -179,8 +196,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from runtime.bench import BenchSettings, bench
 
-    runtimes = BenchSettings().runtimes if args.runtime is None else tuple(
-        r.strip() for r in args.runtime.split(",") if r.strip())
+    runtimes = tuple(r.strip() for r in args.runtime.split(",") if r.strip())
     settings = BenchSettings(seq_len=args.seq_len, past=args.past, batch=args.batch, threads=args.threads,
                              warmup=args.warmup, repetitions=args.repetitions, rounds=args.rounds, runtimes=runtimes)
     bench(args.artifacts, settings, args.out, allow_slower=args.allow_slower)

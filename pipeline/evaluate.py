@@ -18,6 +18,11 @@ from transformers import PreTrainedModel
 
 from pipeline.data import TextProtocol, evaluation_windows
 
+# The evaluation protocol's defaults, for the API, the CLI and recipes alike.
+EVAL_SOURCE = "wiki"
+EVAL_WINDOWS = 32
+EVAL_SEQ_LEN = 512
+
 
 @dataclass(frozen=True)
 class PerplexityResult:
@@ -60,8 +65,8 @@ def window_nll(model: PreTrainedModel | Callable[[torch.Tensor], torch.Tensor], 
     return float(per_window_nll(model, windows, batch_size).sum()), windows.shape[0] * (windows.shape[1] - 1)
 
 
-def perplexity(model: PreTrainedModel, tokenizer: Any, source: str = "wiki", windows: int = 32,
-               seq_len: int = 512, batch_size: int = 4) -> PerplexityResult:
+def perplexity(model: PreTrainedModel, tokenizer: Any, source: str = EVAL_SOURCE, windows: int = EVAL_WINDOWS,
+               seq_len: int = EVAL_SEQ_LEN, batch_size: int = 4) -> PerplexityResult:
     ids = evaluation_windows(tokenizer, source, windows, seq_len)
     sums = per_window_nll(model, ids, batch_size)
     count = ids.shape[0] * (ids.shape[1] - 1)

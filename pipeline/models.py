@@ -26,7 +26,6 @@ from safetensors.torch import load_file
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers import (
     AutoConfig,
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     Dinov2Config,
@@ -122,7 +121,7 @@ def _materialize_tiny(name: str) -> Callable[[Path], None]:
         config = _TINY_CONFIGS[name]()
         torch.manual_seed(0)
         spec = spec_for_type(config.model_type)
-        model = _auto_class(spec).from_config(config, dtype=torch.float32)
+        model = spec.kind.auto_class.from_config(config, dtype=torch.float32)
         model.save_pretrained(out)
         if spec.kind is not ModelKind.VISION:
             AutoTokenizer.from_pretrained(resolve_model_dir(DEFAULT_MODEL)).save_pretrained(out)
@@ -167,10 +166,6 @@ def resolve_model_dir(name_or_path: str) -> str:
         with atomic_directory(target, overwrite=True) as tmp:
             named.materialize(tmp)
     return str(target)
-
-
-def _auto_class(spec: ArchitectureSpec) -> type:
-    return AutoModelForCausalLM if spec.kind is ModelKind.CAUSAL_LM else AutoModel
 
 
 @dataclass
@@ -271,9 +266,9 @@ def load_model(name_or_path: str) -> LoadedModel:
     spec = spec_for_type(config.model_type)
     try:
         if getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None):
-            model = _load_restructured(_auto_class(spec), spec, Path(path), config).eval()
+            model = _load_restructured(spec.kind.auto_class, spec, Path(path), config).eval()
         else:
-            model = _auto_class(spec).from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()
+            model = spec.kind.auto_class.from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()
         tokenizer = None if spec.kind is ModelKind.VISION else _tokenizer_if_any(path)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # missing, truncated or mismatched files
         raise SparseDeployError(f"cannot load '{name_or_path}' ({first_line(exc)})") from None

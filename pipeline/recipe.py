@@ -25,10 +25,12 @@ import yaml
 from runtime.bench import RUNTIMES, BenchSettings
 from pipeline.architectures import ModelKind, spec_for_type
 from pipeline.data import text_source_path
+from export.parity import PARITY_SEQ_LEN, PARITY_WINDOWS
 from pipeline.errors import SparseDeployError
+from pipeline.evaluate import EVAL_SEQ_LEN, EVAL_SOURCE, EVAL_WINDOWS
 from pipeline.models import load_config
 from pipeline.owl import OWLConfig
-from pipeline.prune import CalibrationConfig, check_calibration_source
+from pipeline.prune import CalibrationConfig, check_calibration_source, check_sparsity
 from pipeline.pruners import PRUNERS, build_pruner
 
 
@@ -48,9 +50,9 @@ class PruneStep:
 class Evaluate:
     """Causal LMs: held-out perplexity. Vision: k-NN top-1 on Fashion-MNIST."""
 
-    source: str = "wiki"
-    windows: int = 16
-    seq_len: int = 512
+    source: str = EVAL_SOURCE
+    windows: int = EVAL_WINDOWS
+    seq_len: int = EVAL_SEQ_LEN
     train_images: int = 1000
     test_images: int = 500
     image_size: int = 112
@@ -58,8 +60,8 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Export:
-    parity_windows: int = 4
-    parity_seq_len: int = 256
+    parity_windows: int = PARITY_WINDOWS
+    parity_seq_len: int = PARITY_SEQ_LEN
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,10 @@ def _prune_step(value: Any, key: str) -> PruneStep:
         pruner = build_pruner(method, **params)
     except SparseDeployError as exc:
         raise _fail(f"{key}.params", str(exc)) from None
-    implied = pruner.implied_sparsity()
-    if sparsity is None and implied is None:
-        raise _fail(f"{key}.sparsity", "missing (only an N:M pattern implies it)")
-    if sparsity is not None and implied is not None and abs(sparsity - implied) > 1e-9:
-        raise _fail(f"{key}.sparsity", f"{sparsity} contradicts the pattern, which implies {implied:g}")
+    try:
+        check_sparsity(sparsity, pruner)
+    except SparseDeployError as exc:
+        raise _fail(f"{key}.sparsity", str(exc)) from None
     owl = data.get("owl")
     if owl is True:
         owl = {}

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import AutoConfig
 
 from export.artifact import MANIFEST, MODEL_CARD, hashed_files, sha256
+from pipeline.architectures import ModelKind, spec_for_type
 from pipeline.atomic import atomic_directory
 from pipeline.environment import describe
 from pipeline.recipe import Recipe
@@ -145,7 +147,16 @@ def openvino_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
                    "min_sparsity zeros into the bitmap-16 format when the model is read; the ONNX file is unchanged"}
 
 
-def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
+def _graph_feed(kind: ModelKind, config: Any) -> tuple[str, tuple[int, ...], str]:
+    """The graph the snippets run, its input's shape and a numpy expression of that input:
+    token ids for decoders' prefill graphs and text encoders, the configured image for vision."""
+    graph_input = kind.encoder_input
+    shape = graph_input.shape(config, batch=1, seq_len=128)
+    graph = "prefill/model.onnx" if kind is ModelKind.CAUSAL_LM else "model.onnx"
+    return graph, shape, f"np.zeros({shape}, np.{graph_input.dtype})"
+
+
+def _model_card(report: dict[str, Any], manifest: dict[str, Any], config: Any) -> str:
     recipe = report["recipe"]
     flavours = manifest["flavours"]
     decode = "decode" in flavours
@@ -168,14 +179,12 @@ def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
                   'tokenizer = AutoTokenizer.from_pretrained("ARTIFACT_DIR")',
                   'ids = tokenizer("The capital of France is", return_tensors="pt")',
                   "print(tokenizer.decode(model.generate(**ids, max_new_tokens=20)[0]))"]
-    else:
+    graph, shape, feed = _graph_feed(spec_for_type(config.model_type).kind, config)
+    if not decode:
         lines += ["import numpy as np, onnxruntime as ort",
                   'session = ort.InferenceSession("ARTIFACT_DIR/model.onnx", providers=["CPUExecutionProvider"])',
                   "name = session.get_inputs()[0].name",
-                  "print(session.run(None, {name: np.zeros((1, 3, 224, 224), np.float32)})[0].shape)"]
-    graph = "prefill/model.onnx" if decode else "model.onnx"
-    shape = "[[1, 128]]" if decode else "[[1, 3, 224, 224]]"
-    feed = "np.zeros((1, 128), np.int64)" if decode else "np.zeros((1, 3, 224, 224), np.float32)"
+                  f"print(session.run(None, {{name: {feed}}})[0].shape)"]
     ov_feed = f"{{0: {feed}}}"
     lines += ["```", "", "OpenVINO (Apache-2.0) with sparse-deploy's sparse MatMul extension, built in a sparse-deploy "
               f"checkout by `bash scripts/install.sh kernels` (weights with at least "
@@ -183,7 +192,7 @@ def _model_card(report: dict[str, Any], manifest: dict[str, Any]) -> str:
               "the extension, on OpenVINO's own kernels):", "", "```python", openvino_snippet(graph, ov_feed)]
     lines += ["```", "", "DeepSparse 1.8.0 (its own environment: numpy<2, onnx<1.15; set `NM_DISABLE_ANALYTICS=1`):", "",
               "```python", "import numpy as np", "from deepsparse import Engine",
-              f'engine = Engine("ARTIFACT_DIR/{graph}", batch_size=1, input_shapes={shape})',
+              f'engine = Engine("ARTIFACT_DIR/{graph}", batch_size=1, input_shapes={[list(shape)]})',
               f"print(engine([{feed}])[0].shape)", "```", "",
               "## Check what you received", "",
               f"manifest.json sha256: `{report['manifest_sha256']}`", "",
@@ -231,6 +240,7 @@ def assemble_artifact(recipe: Recipe, stages: dict[str, dict[str, Any]], pruned_
         manifest["files"] = hashed_files(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         report["manifest_sha256"] = sha256(tmp / MANIFEST)
-        (tmp / MODEL_CARD).write_text(_model_card(report, manifest))
+        config = AutoConfig.from_pretrained(tmp, trust_remote_code=False)  # the artifact's own
+        (tmp / MODEL_CARD).write_text(_model_card(report, manifest, config))
     report["summary"] = summary_lines(report, out)
     return report

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from pipeline.architectures import ArchitectureSpec, transformer_blocks
+from pipeline.architectures import ArchitectureSpec, kv_heads as configured_kv_heads, transformer_blocks
 from pipeline.factorized import SparseLowRankLinear, replace_module
 
 CONFIG_KEY = "sparse_deploy_sliced"
@@ -54,7 +54,7 @@ def mark_heads(attention: nn.Module, heads: int, kv_heads: int) -> None:
 
 def head_counts(attention: nn.Module, config: Any) -> tuple[int, int]:
     """(query heads, KV heads) of one attention module: its sliced counts, else the config's."""
-    default = (config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    default = (config.num_attention_heads, configured_kv_heads(config))
     return tuple(getattr(attention, _HEADS_ATTRIBUTE, default))
 
 
@@ -92,7 +92,7 @@ def _kv_heads_per_layer(model: PreTrainedModel, spec: ArchitectureSpec, heads: d
     """KV heads of each block (for the KV-cache geometry of exported decode graphs)."""
     if spec.attention is None or not heads:
         return None
-    default = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
+    default = configured_kv_heads(model.config)
     names = {module: name for name, module in model.named_modules()}
     out = []
     for block in transformer_blocks(model):

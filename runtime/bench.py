@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from transformers import AutoConfig
 
 from export.artifact import read_manifest
 from export.graphs import KVGeometry, decode_inputs
+from pipeline.architectures import block_index, spec_for_type
 from pipeline.environment import describe
 from pipeline.atomic import check_directory_path
 from pipeline.errors import SparseDeployError, first_line
@@ -94,20 +94,17 @@ def block_nonzeros(manifest: dict[str, Any]) -> int:
 
 
 def _block_weights(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    return [w for name, w in manifest["weights"].items() if "layers." in name or "layer." in name]
+    return [w for name, w in manifest["weights"].items() if block_index(name) is not None]
 
 
-def _feeds(artifact: Path, flavour: str, graph: Path, s: BenchSettings) -> dict[str, np.ndarray]:
+def _feeds(artifact: Path, flavour: str, s: BenchSettings) -> dict[str, np.ndarray]:
+    """Inputs of one graph at the bench's sizes, from the artifact's config (what the model is)."""
+    config = AutoConfig.from_pretrained(artifact, trust_remote_code=False)
     if flavour == "decode":
-        geometry = KVGeometry.from_config(AutoConfig.from_pretrained(artifact, trust_remote_code=False))
-        return {k: v.numpy() for k, v in decode_inputs(geometry, seq=1, past=s.past, batch=s.batch).items()}
-    if flavour == "prefill":
-        return {"input_ids": np.random.default_rng(0).integers(3, 1000, (s.batch, s.seq_len), dtype=np.int64)}
-    first = onnx.load(str(graph), load_external_data=False).graph.input[0]
-    if first.name == "pixel_values":
-        dims = [d.dim_value for d in first.type.tensor_type.shape.dim]
-        return {"pixel_values": np.random.default_rng(0).standard_normal((s.batch, *dims[1:])).astype(np.float32)}
-    return {first.name: np.random.default_rng(0).integers(3, 1000, (s.batch, s.seq_len), dtype=np.int64)}
+        return {k: v.numpy() for k, v in decode_inputs(KVGeometry.from_config(config), seq=1, past=s.past,
+                                                       batch=s.batch).items()}
+    graph_input = spec_for_type(config.model_type).kind.encoder_input  # prefill: token ids, as a text encoder's
+    return {graph_input.name: graph_input.example(config, s.batch, s.seq_len)}
 
 
 def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
@@ -179,7 +176,7 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
             continue  # failed in an earlier round: do not compile it again
         log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, cell.flavour, runtime)
         try:
-            runs[i, runtime].append(time_cell(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, cell.graph, s), s))
+            runs[i, runtime].append(time_cell(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, s), s))
         except Exception as exc:  # a graph a runtime cannot load or run is a failed cell, reported, not a traceback
             row.error = str(exc) if isinstance(exc, SparseDeployError) else f"{runtime}: {first_line(exc)}"
             log.error("%s / %s / %s failed: %s", cell.label, cell.flavour, runtime, row.error)

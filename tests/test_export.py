@@ -97,6 +97,22 @@ def test_other_architectures_export_with_parity(tmp_path, name, flavours):
     manifest = export_artifact(name, tmp_path / name, parity_windows=1, parity_seq_len=32)
     assert set(manifest["flavours"]) == flavours
     assert all(v["passed"] for k, v in manifest["parity"].items() if k != "tolerance")
+    if flavours == {"encoder"}:  # encoders take their kind's input in bench and verify (a text encoder: token ids)
+        assert main(["bench", str(tmp_path / name), "--runtime", "onnxruntime", "--repetitions", "1", "--warmup", "0",
+                     "--rounds", "1", "--seq-len", "16", "--out", str(tmp_path / "bench")]) == 0
+        report = json.loads((tmp_path / "bench" / "latency.json").read_text())
+        assert [r["error"] for r in report["rows"]] == [None]
+        assert main(["verify", str(tmp_path / name)]) == 0
+
+
+@pytest.mark.parametrize("name, feed", [("minilm-l6", "np.zeros((1, 128), np.int64)"),
+                                        ("tiny-vit", "np.zeros((1, 3, 32, 32), np.float32)"),
+                                        ("tiny-llama", "np.zeros((1, 128), np.int64)")])
+def test_the_model_card_feeds_each_kind_its_own_input(name, feed):
+    from pipeline.report import _graph_feed
+
+    loaded = load_model(name)
+    assert _graph_feed(loaded.spec.kind, loaded.model.config)[2] == feed
 
 
 @needs_deepsparse

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from pipeline.architectures import AttentionLayout, MLPLayout
+from pipeline.architectures import AttentionLayout, MLPLayout, head_dim as head_width
 from pipeline.errors import SparseDeployError
 from pipeline.pruners.base import Pruner
 from pipeline.sequential import BlockContext
@@ -126,7 +126,7 @@ class StructuredPruner(Pruner):
 
     def _prune_heads(self, ctx: BlockContext, layout: AttentionLayout, sparsity: float) -> Choice | None:
         config = ctx.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = head_width(config)
         attention = ctx.block.get_submodule(layout.module)
         heads, groups = head_counts(attention, config)  # this block's, if an earlier step sliced it
         rep = heads // groups

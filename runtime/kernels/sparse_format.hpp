@@ -89,6 +89,6 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelF
 // Shared by the SIMD paths: the many-row kernels work on x transposed into column blocks.
 constexpr size_t kRowTile = 64;       // rows of W per task (one-row path)
 constexpr size_t kNTile = 256;            // rows of W per task (many-row path)
-constexpr size_t kXtBudget = 64 * 1024;  // bytes of transposed x per block of K (see many_rows.hpp)
+constexpr size_t kXtBudget = 32 * 1024;  // bytes of transposed x per block of K: in L1 (see many_rows.hpp)
 
 }  // namespace sparse_deploy
