@@ -25,6 +25,7 @@ from typing import Any
 import onnx
 
 from export.graphs import IR_VERSION, OPSET, export_graph, make_deepsparse_compatible
+from export import templates
 from export.metadata import write_metadata
 from export.parity import (PARITY_SEQ_LEN, PARITY_WINDOWS, Tolerance, check_reference, perplexity_parity,
                            reference_outputs)
@@ -36,6 +37,7 @@ from pipeline.environment import describe
 from pipeline.errors import SparseDeployError
 from pipeline.factorized import factor_roles
 from pipeline.models import LoadedModel, load_model
+from pipeline.progress import heartbeat
 from pipeline.prune import RECORD_FILE
 
 log = logging.getLogger(__name__)
@@ -111,15 +113,30 @@ def _recipe(model_dir: Path) -> dict[str, Any]:
     return {"method": "none (dense)"}
 
 
-def _write_graph(loaded: LoadedModel, flavour: str, dest: Path, metadata: dict[str, Any]) -> dict[str, Any]:
-    """Export, rename weights, make DeepSparse-compatible, embed metadata, save."""
+def _traced(loaded: LoadedModel, flavour: str, key: str) -> tuple[onnx.ModelProto, dict[str, Any], dict[str, str]]:
+    """Trace the graph, give its weights their parameter names, keep it as a template."""
     with tempfile.TemporaryDirectory() as raw_dir:
         raw = Path(raw_dir) / "raw.onnx"
-        io = export_graph(loaded.model, flavour, raw)
+        with heartbeat(f"tracing the {flavour} graph"):
+            io = export_graph(loaded.model, flavour, raw)
         proto = onnx.load(str(raw), load_external_data=True)
+    weights = rename_weight_initializers(proto.graph, loaded.model)
+    if templates.covers(loaded.model, weights):
+        templates.save(key, proto, io, weights, loaded.model)
+    return proto, io, weights
+
+
+def _write_graph(loaded: LoadedModel, flavour: str, dest: Path, metadata: dict[str, Any],
+                 reuse: bool = True) -> dict[str, Any]:
+    """The graph (a template with this model's weights when one fits, else traced), made
+    DeepSparse-compatible, with metadata, saved."""
+    key = templates.template_key(loaded.model, flavour)
+    found = templates.load(key, loaded.model) if reuse else None
+    if found:
+        log.info("%s graph: reusing the traced structure %s (same architecture, only weights differ)", flavour, key)
+    proto, io, names = found or _traced(loaded, flavour, key)
     make_deepsparse_compatible(proto)
-    weights = weight_report(proto.graph, rename_weight_initializers(proto.graph, loaded.model),
-                            factor_roles(loaded.model))
+    weights = weight_report(proto.graph, names, factor_roles(loaded.model))
     write_metadata(proto, {**metadata, "flavour": {"name": flavour, **io}, "weights": weights})
     dest.parent.mkdir(parents=True, exist_ok=True)
     size = sum(len(i.raw_data) for i in proto.graph.initializer)
@@ -128,7 +145,7 @@ def _write_graph(loaded: LoadedModel, flavour: str, dest: Path, metadata: dict[s
                         location=dest.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(proto, str(dest))
-    return {"io": io, "weights": weights}
+    return {"io": io, "weights": weights, "template": key if found else None}
 
 
 def _copy_serving_files(model_dir: Path, out: Path) -> None:
@@ -157,18 +174,24 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
     with atomic_directory(out, overwrite=overwrite) as tmp:
         flavours, parity, weights = {}, {}, None
         for flavour, rel in FLAVOURS[loaded.spec.kind].items():
-            log.info("exporting %s graph", flavour)
             written = _write_graph(loaded, flavour, tmp / rel, common)
             reference = reference_outputs(loaded.model, flavour, tmp / rel)
-            reference.save(tmp / PARITY_DIR / f"{flavour}.npz")
             parity[flavour] = check_reference(tmp / rel, reference, tolerance)
+            if written["template"] and not parity[flavour]["passed"]:  # never ship a template's mistake
+                log.warning("%s graph from template %s misses parity: tracing it", flavour, written["template"])
+                templates.discard(written["template"])
+                written = _write_graph(loaded, flavour, tmp / rel, common, reuse=False)
+                parity[flavour] = check_reference(tmp / rel, reference, tolerance)
+            reference.save(tmp / PARITY_DIR / f"{flavour}.npz")
             flavours[flavour] = {"file": rel, **written["io"], "note": _FLAVOUR_NOTES[flavour],
-                                 "runtimes": ["onnxruntime", "deepsparse"]}
+                                 "runtimes": ["onnxruntime", "deepsparse"],
+                                 "traced": written["template"] is None}  # else: a template with these weights
             weights = weights or written["weights"]  # every flavour holds the same weights
         if "prefill" in flavours and loaded.tokenizer is not None:  # proxies ship no tokenizer
-            log.info("perplexity parity on %d x %d tokens", parity_windows, parity_seq_len)
-            parity["perplexity"] = perplexity_parity(loaded.model, loaded.tokenizer, tmp / flavours["prefill"]["file"],
-                                                     tolerance, windows=parity_windows, seq_len=parity_seq_len)
+            with heartbeat(f"perplexity parity on {parity_windows} x {parity_seq_len} tokens"):
+                parity["perplexity"] = perplexity_parity(loaded.model, loaded.tokenizer,
+                                                         tmp / flavours["prefill"]["file"], tolerance,
+                                                         windows=parity_windows, seq_len=parity_seq_len)
         failed = [k for k, v in parity.items() if not v["passed"]]
         if failed:
             raise SparseDeployError(f"parity failed for {', '.join(failed)}: {json.dumps({k: parity[k] for k in failed})}"

@@ -13,10 +13,10 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from pipeline.data import TextProtocol, evaluation_windows
+from pipeline.progress import progress
 
 # The evaluation protocol's defaults, for the API, the CLI and recipes alike.
 EVAL_SOURCE = "wiki"
@@ -51,7 +51,7 @@ def per_window_nll(model: PreTrainedModel | Callable[[torch.Tensor], torch.Tenso
         lm = model
         model = lambda ids: lm(input_ids=ids, use_cache=False).logits  # noqa: E731
     sums = []
-    for batch in tqdm(windows.split(batch_size), desc="perplexity", unit="batch", disable=None):
+    for batch in progress(windows.split(batch_size), desc="perplexity", unit="batches"):
         logits = model(batch)[:, :-1].float()
         targets = batch[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")

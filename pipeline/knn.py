@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.images import pixel_batches
+from pipeline.progress import progress
 
 
 @dataclass
@@ -39,7 +39,7 @@ class KNNResult:
 def features(model: torch.nn.Module, images: np.ndarray, size: int, batch_size: int = 64) -> torch.Tensor:
     """L2-normalised class-token features, ``[N, hidden]``."""
     out = []
-    for batch in tqdm(pixel_batches(images, size, batch_size), desc="features", unit="batch", disable=None):
+    for batch in progress(pixel_batches(images, size, batch_size), desc="features", unit="batches"):
         out.append(model(**batch).last_hidden_state[:, 0])
     return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 

@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PretrainedConfig, PreTrainedModel
 
 from pipeline.architectures import ArchitectureSpec, blocks_prefix, linear_layers, spec_for, transformer_blocks
+from pipeline.progress import progress
 from pipeline.statistics import LayerStatistics, Statistic
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def calibrate_sequentially(
         blocks = transformer_blocks(model)
         spec = spec_for(model)
         fused = spec.fused_rows(model.config)
-        for index in tqdm(range(len(blocks)), desc=description, unit="block", disable=None):
+        for index in progress(range(len(blocks)), desc=description, unit="blocks"):
             block = blocks[index]
             layers = linear_layers(block)
             if statistics:

@@ -146,3 +146,62 @@ def test_a_deepsparse_compiler_abort_is_a_clear_error(tmp_path):
     feeds = {k: v.numpy() for k, v in decode_inputs(geometry, seq=1, past=8).items()}
     with pytest.raises(SparseDeployError, match="DeepSparse failed .*graph.cpp"):
         deepsparse_runner.run_deepsparse(tmp_path / "model.onnx", feeds)
+
+
+@pytest.fixture
+def fresh_templates(tmp_path, monkeypatch):
+    """An empty template cache, and a count of the traces."""
+    import export.artifact as artifact_module
+    from export import templates
+
+    monkeypatch.setattr(templates, "template_dir", lambda: tmp_path / "graphs")
+    traces = []
+    real = artifact_module.export_graph
+    monkeypatch.setattr(artifact_module, "export_graph", lambda *a: traces.append(a[1]) or real(*a))
+    return traces
+
+
+def _outputs(artifact, flavour, feeds):
+    graph = artifact / json.loads((artifact / MANIFEST).read_text())["flavours"][flavour]["file"]
+    return run(session(graph), feeds)
+
+
+def test_a_pruned_model_reuses_the_dense_models_traced_graph(pruned_dir, tmp_path, fresh_templates):
+    dense = export_artifact("tiny-llama", tmp_path / "dense", parity_windows=1, parity_seq_len=32)
+    assert fresh_templates == ["decode", "prefill"] and all(f["traced"] for f in dense["flavours"].values())
+    pruned = export_artifact(str(pruned_dir), tmp_path / "pruned", parity_windows=1, parity_seq_len=32)
+    assert fresh_templates == ["decode", "prefill"], "the pruned model was traced again"
+    assert not any(f["traced"] for f in pruned["flavours"].values())
+    assert all(v["passed"] for k, v in pruned["parity"].items() if k != "tolerance")
+    assert 0.49 < pruned["weights"]["layers.0.mlp.up_proj.weight.T"]["sparsity"] < 0.51
+    import export.artifact as artifact_module  # the same graph as a trace of the pruned model, bit for bit
+
+    loaded = load_model(str(pruned_dir))
+    feeds = {k: v.numpy() for k, v in decode_inputs(KVGeometry.of(loaded.model), 2, 5).items()}
+    artifact_module._write_graph(loaded, "decode", tmp_path / "forced" / "model.onnx", {}, reuse=False)
+    want = run(session(tmp_path / "forced" / "model.onnx"), feeds)
+    for got, ref in zip(_outputs(tmp_path / "pruned", "decode", feeds), want):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_a_sliced_model_is_traced_and_a_bad_template_is_traced_again(tmp_path, fresh_templates, monkeypatch):
+    from export import templates
+
+    assert main(["prune", "--model", "tiny-llama", "--method", "osscar", "--sparsity", "0.25", "--out",
+                 str(tmp_path / "sliced"), "--calib-samples", "2", "--calib-seq-len", "32"]) == 0
+    export_artifact("tiny-llama", tmp_path / "dense", parity_windows=1, parity_seq_len=32)
+    export_artifact(str(tmp_path / "sliced"), tmp_path / "sliced-art", parity_windows=1, parity_seq_len=32)
+    assert fresh_templates == ["decode", "prefill"] * 2  # another structure: its own trace
+    real_fill = templates._fill
+    monkeypatch.setattr(templates, "_fill", lambda proto, weights, model: real_fill(proto, weights, model)
+                        and _scramble(proto, weights))
+    manifest = export_artifact("tiny-llama", tmp_path / "again", parity_windows=1, parity_seq_len=32)
+    assert fresh_templates[4:] == ["decode", "prefill"]  # both templates missed parity and were traced again
+    assert all(f["traced"] for f in manifest["flavours"].values())
+
+
+def _scramble(proto, weights) -> bool:
+    for init in proto.graph.initializer:
+        if init.name in weights:
+            init.raw_data = bytes(len(init.raw_data))  # zeros: a template that writes the wrong values
+    return True
