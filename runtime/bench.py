@@ -178,7 +178,7 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
         try:
             runs[i, runtime].append(time_cell(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, s), s))
         except Exception as exc:  # a graph a runtime cannot load or run is a failed cell, reported, not a traceback
-            row.error = str(exc) if isinstance(exc, SparseDeployError) else f"{runtime}: {first_line(exc)}"
+            row.error = str(exc) if isinstance(exc, SparseDeployError) else first_line(exc)
             log.error("%s / %s / %s failed: %s", cell.label, cell.flavour, runtime, row.error)
             log.debug("cell failure", exc_info=True)
     for key, row in rows.items():

@@ -97,9 +97,11 @@ def test_a_runtime_that_aborts_on_every_cell_fails_bench_with_a_report(tmp_path,
 
 def test_a_truncated_graph_is_a_failed_cell_not_a_traceback(tmp_path, capsys):
     art = _fake_artifact(tmp_path, "truncated", flavour="encoder", graph=b"\x08\x07\x12\x04trun")
+    shutil.copy(Path(resolve_model_dir("tiny-vit")) / "config.json", art / "config.json")  # inputs are fine, the graph not
     assert main(["bench", str(art), "--runtime", "onnxruntime", "--out", str(tmp_path / "r"),
                  "--repetitions", "1", "--warmup", "0"]) == 2
-    assert "measurements failed" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert "measurements failed" in line and "/ onnxruntime: " in line and "protobuf" in line.lower(), line
 
 
 # 3. -- one line, no traceback -----------------------------------------------------------------
