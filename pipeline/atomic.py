@@ -51,11 +51,11 @@ def _temp_prefix(out: Path, kind: str) -> str:
 
 def _process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError would mean alive, another user's: not caught as "gone"
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, another user's
-        return True
+    except PermissionError:
+        pass
     return True
 
 

@@ -26,7 +26,7 @@ from runtime.bench import RUNTIMES, BenchSettings
 from pipeline.architectures import ModelKind, spec_for_type
 from pipeline.data import text_source_path
 from export.parity import PARITY_SEQ_LEN, PARITY_WINDOWS
-from pipeline.errors import SparseDeployError
+from pipeline.errors import SparseDeployError, first_line
 from pipeline.evaluate import EVAL_SEQ_LEN, EVAL_SOURCE, EVAL_WINDOWS
 from pipeline.models import load_config
 from pipeline.owl import OWLConfig
@@ -222,7 +222,7 @@ def check_inputs(recipe: Recipe) -> None:
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """PyYAML's problem and where: ``line 3, column 7: mapping values are not allowed here``."""
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem = getattr(exc, "problem", None) or first_line(exc)
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 

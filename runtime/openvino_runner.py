@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.errors import SparseDeployError
+from pipeline.errors import SparseDeployError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def read_model(path: str | Path, sparse: bool, isa: str | None = None,
     try:
         model = core.read_model(str(path))
     except RuntimeError as exc:
-        raise SparseDeployError(f"OpenVINO cannot read {path}: {str(exc).splitlines()[0][:300]}") from None
+        raise SparseDeployError(f"OpenVINO cannot read {path}: {first_line(exc)}") from None
     return core, model, count_ops(model)
 
 
@@ -169,7 +169,7 @@ def compile_model(path: str | Path, sparse: bool, threads: int | None = None, is
     try:
         compiled = core.compile_model(model, "CPU", config)
     except RuntimeError as exc:
-        raise SparseDeployError(f"OpenVINO cannot compile {path}: {str(exc).splitlines()[0][:300]}") from None
+        raise SparseDeployError(f"OpenVINO cannot compile {path}: {first_line(exc)}") from None
     return compiled, ops
 
 
