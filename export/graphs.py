@@ -30,8 +30,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from pipeline.architectures import head_dim, kv_heads, spec_for
-from pipeline.slicing import CONFIG_KEY as SLICED_KEY
+from pipeline.architectures import head_dim, kv_heads_per_layer, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +123,7 @@ class KVGeometry:
 
     @classmethod
     def from_config(cls, c: Any) -> "KVGeometry":
-        sliced = (getattr(c, SLICED_KEY, None) or {}).get("kv_heads_per_layer")
-        kv = tuple(sliced) if sliced else (kv_heads(c),) * c.num_hidden_layers
-        return cls(c.num_hidden_layers, kv, head_dim(c))
+        return cls(c.num_hidden_layers, kv_heads_per_layer(c), head_dim(c))
 
     def names(self, prefix: str) -> list[str]:
         return [f"{prefix}.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
@@ -169,16 +166,14 @@ def export_graph(model: PreTrainedModel, flavour: str, path: Path) -> dict:
             if geometry.layers:  # forward's *past, as one group
                 dynamic += (tuple({0: "batch", 2: "past_sequence"} for _ in range(2 * geometry.layers)),)
             args = tuple(feeds.values())  # dynamic_shapes groups the past tensors as forward's *past
-        elif flavour == "prefill":
-            feeds = {"input_ids": torch.randint(3, 1000, (2, 8))}
-            module, outputs = CausalLMPrefill(model).eval(), ["logits"]
-            args, dynamic = (feeds["input_ids"],), ({0: "batch", 1: "sequence"},)
-        elif flavour == "encoder":
+        elif flavour in ("prefill", "encoder"):  # one input, the kind's (a causal LM's prefill: token ids)
             graph_input = kind.encoder_input
             feeds = {graph_input.name: torch.from_numpy(graph_input.example(model.config, batch=2, seq_len=8))}
-            dynamic = (graph_input.dynamic,)
-            module, outputs = EncoderGraph(model, graph_input.name).eval(), ["last_hidden_state"]
-            args = (feeds[graph_input.name],)
+            args, dynamic = (feeds[graph_input.name],), (graph_input.dynamic,)
+            if flavour == "prefill":
+                module, outputs = CausalLMPrefill(model).eval(), ["logits"]
+            else:
+                module, outputs = EncoderGraph(model, graph_input.name).eval(), ["last_hidden_state"]
         else:
             raise ValueError(f"unknown flavour {flavour}")
         torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET, input_names=list(feeds),

@@ -18,7 +18,6 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from pipeline.errors import SparseDeployError
-from pipeline.factorized import SparseLowRankLinear
 
 
 class ModelKind(str, Enum):
@@ -46,8 +45,18 @@ def head_dim(config: Any) -> int:
 
 def kv_heads(config: Any) -> int:
     """Key/value heads of every layer as configured (GQA; all query heads without it). A sliced
-    model records its per-layer counts beside this (``pipeline.slicing``)."""
+    model records its per-layer counts beside this (``kv_heads_per_layer``)."""
     return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+SLICED_RECORD = "sparse_deploy_sliced"  # the config entry of a sliced model (written by pipeline.slicing)
+
+
+def kv_heads_per_layer(config: Any) -> tuple[int, ...]:
+    """Key/value heads of each layer: as recorded when heads were sliced out (layers then
+    differ), else the configured count for every layer."""
+    sliced = (getattr(config, SLICED_RECORD, None) or {}).get("kv_heads_per_layer")
+    return tuple(sliced) if sliced else (kv_heads(config),) * config.num_hidden_layers
 
 
 @dataclass(frozen=True)
@@ -239,13 +248,10 @@ def blocks_prefix(model: PreTrainedModel) -> str:
 
 
 def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
-    """The prunable Linear layers of one block, by name relative to the block. The parts of
-    an already factorized layer are not prunable: they are one layer's decomposition."""
-    factorized = [name for name, mod in block.named_modules() if isinstance(mod, SparseLowRankLinear)]
+    """The prunable Linear layers of one block, by name relative to the block. A module that
+    declares ``decomposes_one_layer`` (OATS's sparse + low-rank layer) holds the parts of one
+    layer's decomposition: they are not prunable on their own. A declared attribute, not an
+    isinstance check, so that the model facts import no method's modules."""
+    parts_of = [name for name, mod in block.named_modules() if getattr(mod, "decomposes_one_layer", False)]
     return {name: mod for name, mod in block.named_modules()
-            if isinstance(mod, nn.Linear) and not any(name.startswith(f + ".") for f in factorized)}
-
-
-def factorized_layers(block: nn.Module) -> dict[str, SparseLowRankLinear]:
-    """The sparse + low-rank layers of one block, by name relative to the block."""
-    return {name: mod for name, mod in block.named_modules() if isinstance(mod, SparseLowRankLinear)}
+            if isinstance(mod, nn.Linear) and not any(name.startswith(f + ".") for f in parts_of)}

@@ -21,6 +21,7 @@ saved weights are loaded, so a pruned directory saves and reloads through the us
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +37,8 @@ class SparseLowRankLinear(nn.Module):
     V (``rank x d_in``), ``up`` = U (``d_out x rank``). With several ``parts`` (a fused
     layer), ``down`` and ``up`` are lists with one factor pair per projection, whose outputs
     are concatenated."""
+
+    decomposes_one_layer: ClassVar[bool] = True  # its Linear parts are not prunable on their own
 
     def __init__(self, in_features: int, out_features: int, parts: int | Sequence[Sequence[int]], bias: bool):
         super().__init__()
@@ -113,6 +116,11 @@ def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
     """Put ``module`` at the dotted path ``name`` under ``root``."""
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def factorized_layers(block: nn.Module) -> dict[str, SparseLowRankLinear]:
+    """The sparse + low-rank layers of one block, by name relative to the block."""
+    return {name: mod for name, mod in block.named_modules() if isinstance(mod, SparseLowRankLinear)}
 
 
 def factorized_ranks(model: nn.Module) -> dict[str, int | list[list[int]]]:

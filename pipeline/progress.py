@@ -4,7 +4,9 @@ A progress bar is for a person at a terminal; CI logs, ``docker run`` without ``
 ``nohup`` get no bar at all (tqdm switches itself off when stderr is not a TTY), which made a
 20-minute prune look dead. So: a bar on a TTY, else an INFO line at least every
 ``INTERVAL_S`` seconds with what is done and what remains. ``heartbeat`` covers one long call
-that cannot report progress itself (tracing a graph for export).
+that cannot report progress itself (tracing a graph for export); ``quiet_foreign_bars`` mutes
+the bars that libraries draw whatever the terminal (transformers' GGUF dequantization), which in
+a log are one endless line of carriage returns.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -71,3 +74,24 @@ def heartbeat(desc: str, interval_s: float = INTERVAL_S) -> Iterator[None]:
         if thread:
             thread.join()
         log.info("%s: done in %.0f s", desc, time.monotonic() - start)
+
+
+@contextmanager
+def quiet_foreign_bars() -> Iterator[None]:
+    """Off a terminal, every tqdm bar drawn inside the block is disabled (a terminal keeps them).
+    For library calls that draw one unconditionally; pair it with ``heartbeat``, which says in
+    the log that the call is alive. Patches the base class, which every tqdm variant calls."""
+    if _terminal():
+        yield
+        return
+    original = tqdm_std.tqdm.__init__
+
+    def disabled(self: tqdm_std.tqdm, *args: object, **kwargs: object) -> None:
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    tqdm_std.tqdm.__init__ = disabled  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        tqdm_std.tqdm.__init__ = original  # type: ignore[method-assign]

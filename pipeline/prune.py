@@ -20,9 +20,7 @@ from pipeline.architectures import ModelKind, linear_layers, transformer_blocks
 from pipeline.atomic import atomic_directory
 from pipeline.data import TextProtocol, calibration_samples, text_source_path, token_batches
 from pipeline.environment import describe, peak_rss_mb
-from pipeline.factorized import record_factorized
 from pipeline.images import fashion_mnist, pixel_batches
-from pipeline.slicing import record_sliced
 from pipeline.errors import SparseDeployError
 from pipeline.models import LoadedModel
 from pipeline.owl import OWLConfig, measure_outlier_ratios, owl_sparsities
@@ -150,8 +148,7 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
 
     prune_start = time.perf_counter()
     calibrate_sequentially(loaded.model, batches, pruner.statistics, prune, description=pruner.name)
-    record_sliced(loaded.model, loaded.spec)  # sliced shapes (OSSCAR) and factorized layers (OATS)
-    record_factorized(loaded.model)  # must be rebuilt on reload
+    pruner.finalize(loaded.model, loaded.spec)
     timings["prune_s"] = time.perf_counter() - prune_start
     timings["total_s"] = time.perf_counter() - start
     return PruneResult(method=pruner.config(), target_sparsity=target, block_sparsity=sparsities,

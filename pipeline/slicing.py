@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from pipeline.architectures import ArchitectureSpec, kv_heads as configured_kv_heads, transformer_blocks
+from pipeline.architectures import SLICED_RECORD, ArchitectureSpec, transformer_blocks
+from pipeline.architectures import kv_heads as configured_kv_heads
 from pipeline.factorized import SparseLowRankLinear, replace_module
 
-CONFIG_KEY = "sparse_deploy_sliced"
+CONFIG_KEY = SLICED_RECORD
 _HEADS_ATTRIBUTE = "sparse_deploy_heads"  # (heads, kv_heads) set on a sliced attention module
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from pipeline.architectures import blocks_prefix, factorized_layers, linear_layers, transformer_blocks
+from pipeline.architectures import blocks_prefix, linear_layers, transformer_blocks
+from pipeline.factorized import factorized_layers
 
 
 def _counts(params: int, nonzeros: int) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Shared fixtures. The Hub is unreachable here: make from_pretrained fail fast offline."""
+"""Shared fixtures. The Hub is unreachable here: make from_pretrained fail fast offline.
+
+Named models are materialized by the first test that loads one (``resolve_model_dir``, cached
+on disk): a pure-math test builds none. The one-time GGUF dequantization logs a heartbeat and
+draws no bar off a terminal, so it cannot land in a test's captured stderr."""
 
 from __future__ import annotations
 
@@ -10,16 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.models import NAMED_MODELS, LoadedModel, load_model, resolve_model_dir  # noqa: E402
+from pipeline.models import LoadedModel, load_model  # noqa: E402
 from pipeline.statistics import LayerStatistics, Statistic  # noqa: E402
-
-
-@pytest.fixture(scope="session", autouse=True)
-def materialized_models():
-    """Build the cached named models once, up front: the one-time GGUF dequantization
-    (~20 s, with its progress bar) must not land inside a test that captures stderr."""
-    for name in NAMED_MODELS:
-        resolve_model_dir(name)
 
 
 @pytest.fixture

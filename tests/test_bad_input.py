@@ -17,12 +17,12 @@ import yaml
 
 import runtime.bench as bench_module
 from export.artifact import export_artifact, hashed_files, sha256
+from pipeline.app.cli import main
+from pipeline.app.recipe import RecipeError, parse_recipe
 from pipeline.atomic import atomic_directory
-from pipeline.cli import main
 from pipeline.errors import SparseDeployError
 from pipeline.models import load_model, resolve_model_dir
 from pipeline.pruners import build_pruner
-from pipeline.recipe import RecipeError, parse_recipe
 
 FAST_CALIB = ["--calib-samples", "2", "--calib-seq-len", "32"]
 CUSTOM_CODE = 'open({marker!r}, "w").write("ran")\nfrom transformers import PretrainedConfig\n' \
@@ -254,7 +254,7 @@ def test_ctrl_c_while_the_parser_imports_is_handled(monkeypatch, capsys):
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.cli._parser", interrupted)
+    monkeypatch.setattr("pipeline.app.cli._parser", interrupted)
     assert main(["models"]) == 130
     assert _one_error_line(capsys, "sparse-deploy: interrupted")
 

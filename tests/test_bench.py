@@ -7,7 +7,7 @@ import pytest
 from runtime.bench import RUNTIMES, BenchRow, BenchSettings, block_sparsity, sparse_not_faster, speedups, summarize
 from benchmarks.proxies import decomposition
 from export.artifact import export_artifact
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.errors import SparseDeployError
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.models import load_model
 from pipeline.prune import RECORD_FILE
 from pipeline.sparsity_report import sparsity_report

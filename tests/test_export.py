@@ -12,7 +12,7 @@ from export.artifact import MANIFEST, export_artifact, sha256
 from export.graphs import KVGeometry, decode_inputs
 from export.metadata import read_metadata
 from export.parity import Tolerance
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.errors import SparseDeployError
 from pipeline.models import load_model
 from runtime import deepsparse_runner
@@ -109,7 +109,7 @@ def test_other_architectures_export_with_parity(tmp_path, name, flavours):
                                         ("tiny-vit", "np.zeros((1, 3, 32, 32), np.float32)"),
                                         ("tiny-llama", "np.zeros((1, 128), np.int64)")])
 def test_the_model_card_feeds_each_kind_its_own_input(name, feed):
-    from pipeline.report import _graph_feed
+    from pipeline.app.report import _graph_feed
 
     loaded = load_model(name)
     assert _graph_feed(loaded.spec.kind, loaded.model.config)[2] == feed

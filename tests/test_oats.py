@@ -10,7 +10,7 @@ import torch
 
 from export.artifact import MANIFEST, export_artifact
 from export.graphs import KVGeometry, decode_inputs
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.errors import SparseDeployError
 from pipeline.factorized import SparseLowRankLinear
 from pipeline.masks import Granularity, SparsityPattern, prune_mask

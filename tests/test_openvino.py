@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from export.artifact import export_artifact
-from pipeline.cli import main
+from pipeline.app.cli import main
 from runtime import openvino_runner
 from runtime.onnxruntime_runner import run as ort_run
 from runtime.onnxruntime_runner import session
@@ -100,7 +100,7 @@ def test_dense_weights_stay_on_openvinos_matmul(llama_artifact):
 
 
 def test_the_model_cards_openvino_snippet_runs(llama_artifact):
-    from pipeline.report import openvino_snippet
+    from pipeline.app.report import openvino_snippet
 
     code = openvino_snippet("prefill/model.onnx", "{'input_ids': np.zeros((1, 16), np.int64)}")
     code = code.replace("ARTIFACT_DIR", str(llama_artifact)).replace("SPARSE_DEPLOY_DIR", str(openvino_runner.KERNELS.parents[1]))

@@ -11,10 +11,10 @@ import torch
 from export.artifact import export_artifact
 from export.graphs import KVGeometry
 from pipeline.errors import SparseDeployError
-from pipeline.group_selection import GroupSelector
 from pipeline.models import load_model
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
 from pipeline.pruners import build_pruner
+from pipeline.pruners.osscar import GroupSelector
 from pipeline.pruners.structured import Choice, StructuredPruner, Units
 from tests.conftest import outlier_inputs, stats_of
 

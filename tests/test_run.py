@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from export.artifact import sha256
-from pipeline.cli import main
-from pipeline.recipe import RecipeError, load_recipe, parse_recipe
-from pipeline.run import run_recipe
+from pipeline.app.cli import main
+from pipeline.app.recipe import RecipeError, load_recipe, parse_recipe
+from pipeline.app.run import run_recipe
 
 TINY = {
     "name": "tiny",
@@ -108,7 +108,7 @@ def test_second_run_skips_finished_stages_and_a_change_redoes_only_its_dependent
 
 def _stale_stages(recipe, out, monkeypatch) -> list[str]:
     """The stages whose stored fingerprint no longer matches (compared, nothing run)."""
-    import pipeline.run as run
+    import pipeline.app.run as run
 
     stale = []
 
@@ -126,7 +126,7 @@ def _stale_stages(recipe, out, monkeypatch) -> list[str]:
 
 def test_a_code_change_makes_every_stage_stale(finished_run, monkeypatch):
     """A new sparse-deploy version must not be answered from stages its old version wrote."""
-    import pipeline.run as run
+    import pipeline.app.run as run
 
     recipe, out, _ = finished_run
     assert _stale_stages(recipe, out, monkeypatch) == []
@@ -180,7 +180,7 @@ def test_verify_passes_on_the_artifact_and_fails_on_tampered_copies(finished_run
 
 
 def test_the_hand_off_names_the_manifest_to_pin(finished_run, caplog):
-    from pipeline.report import summary_lines
+    from pipeline.app.report import summary_lines
 
     _, out, _ = finished_run
     artifact = out / "artifact"  # as the last test left it (some rerun stages)

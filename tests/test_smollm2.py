@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.data import calibration_samples, token_batches
 from pipeline.evaluate import perplexity
 from pipeline.models import load_model

@@ -69,9 +69,16 @@ def _typed_param(method: str, key: str, value: Any, kind: Any) -> Any:
 
 
 def method_parameters(cls: type[Pruner]) -> dict[str, Any]:
-    """A pruner's parameters and their declared types (its dataclass fields)."""
+    """A pruner's parameters and their declared types (its dataclass fields): the method's own
+    first, then those its base classes share (a pattern, the structures), so that a message
+    listing them starts with what is particular to the method."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    declared_at: dict[str, int] = {}
+    for level, klass in enumerate(cls.__mro__):
+        for name in vars(klass).get("__annotations__", {}):
+            declared_at.setdefault(name, level)
+    fields = sorted((f for f in dataclasses.fields(cls) if f.init), key=lambda f: declared_at.get(f.name, 0))
+    return {f.name: hints[f.name] for f in fields}
 
 
 def build_pruner(method: str, **params: Any) -> Pruner:

@@ -28,10 +28,12 @@ from enum import Enum
 from typing import Callable
 
 import torch
+from transformers import PreTrainedModel
 
-from pipeline.factorized import SparseLowRankLinear, replace_module
-from pipeline.masks import Granularity, SparsityPattern, prune_mask
-from pipeline.pruners.base import Pruner
+from pipeline.architectures import ArchitectureSpec
+from pipeline.factorized import SparseLowRankLinear, record_factorized, replace_module
+from pipeline.masks import Granularity, prune_mask
+from pipeline.pruners.base import PatternedPruner
 from pipeline.sequential import BlockContext
 from pipeline.statistics import Statistic
 
@@ -116,7 +118,7 @@ def decompose(target: torch.Tensor, rank: int, zeros: Callable[[torch.Tensor], t
 
 
 @dataclass
-class OATSPruner(Pruner):
+class OATSPruner(PatternedPruner):
     """``rank_ratio`` κ: share of the kept parameters given to the low-rank term.
     ``granularity``: zeros of S chosen per output row (the official code) or per layer (the
     paper's algorithm). ``pattern``: N:M for S (then the compression follows from it and κ,
@@ -127,7 +129,6 @@ class OATSPruner(Pruner):
 
     rank_ratio: float = 0.25
     iterations: int = 80
-    pattern: SparsityPattern = field(default_factory=SparsityPattern)
     granularity: Granularity = Granularity.ROW
     solver: LowRankSolver = LowRankSolver.SUBSPACE
     oversample: int = 8
@@ -137,8 +138,7 @@ class OATSPruner(Pruner):
     statistics = frozenset({Statistic.SECOND_MOMENT})
 
     def __post_init__(self) -> None:
-        if isinstance(self.pattern, str):
-            self.pattern = SparsityPattern.parse(self.pattern)
+        super().__post_init__()
         self.granularity = Granularity(self.granularity)
         self.solver = LowRankSolver(self.solver)
         if not 0 <= self.rank_ratio < 1:
@@ -151,10 +151,6 @@ class OATSPruner(Pruner):
 
     def implied_sparsity(self) -> float | None:
         return 1 - (1 - self.pattern.sparsity) / (1 - self.rank_ratio) if self.pattern.is_nm else None
-
-    def check_model(self, layers: dict[str, torch.nn.Linear]) -> None:
-        for name, layer in layers.items():
-            self.pattern.check_width(layer.in_features, name)
 
     def _zeros(self, sparsity: float) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda residual: prune_mask(residual.abs(), sparsity, self.pattern, self.granularity)
@@ -190,7 +186,10 @@ class OATSPruner(Pruner):
             module = SparseLowRankLinear.from_factors(sparse, factors, bias)
             replace_module(ctx.block, name, module.to(layer.weight.dtype))
 
+    def finalize(self, model: PreTrainedModel, spec: ArchitectureSpec) -> None:
+        record_factorized(model)  # the factor shapes, rebuilt before the weights load
+
     def config(self) -> dict:
         return {**super().config(), "rank_ratio": self.rank_ratio, "iterations": self.iterations,
-                "pattern": str(self.pattern), "granularity": self.granularity.value, "solver": self.solver.value,
+                "granularity": self.granularity.value, "solver": self.solver.value,
                 "oversample": self.oversample, "per_projection_factors": self.per_projection_factors}

@@ -21,12 +21,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from transformers import PreTrainedModel
 
-from pipeline.architectures import AttentionLayout, MLPLayout, head_dim as head_width
+from pipeline.architectures import ArchitectureSpec, AttentionLayout, MLPLayout
+from pipeline.architectures import head_dim as head_width
 from pipeline.errors import SparseDeployError
 from pipeline.pruners.base import Pruner
 from pipeline.sequential import BlockContext
-from pipeline.slicing import head_counts, keep_columns, keep_rows, mark_heads
+from pipeline.slicing import (
+    head_counts,
+    keep_columns,
+    keep_rows,
+    mark_heads,
+    record_sliced,
+)
 from pipeline.statistics import LayerStatistics, Statistic
 
 STRUCTURES = ("mlp", "heads", "mlp+heads")
@@ -78,6 +86,9 @@ class StructuredPruner(Pruner):
 
     def config(self) -> dict:
         return {**super().config(), "structures": self.structures, "head_units": self.head_units}
+
+    def finalize(self, model: PreTrainedModel, spec: ArchitectureSpec) -> None:
+        record_sliced(model, spec)  # the sliced shapes and head counts, rebuilt before the weights load
 
     def prune_block(self, ctx: BlockContext, sparsity: float) -> dict[str, Any] | None:
         spec = ctx.architecture

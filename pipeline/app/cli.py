@@ -143,7 +143,13 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_prune(args: argparse.Namespace) -> None:
     from pipeline.models import load_model
     from pipeline.owl import OWLConfig
-    from pipeline.prune import CalibrationConfig, build_record, check_sparsity, prune_model, save_pruned
+    from pipeline.prune import (
+        CalibrationConfig,
+        build_record,
+        check_sparsity,
+        prune_model,
+        save_pruned,
+    )
     from pipeline.pruners import build_pruner, parse_params
 
     check_destination(args.out, args.overwrite)
@@ -175,7 +181,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from pipeline.run import DEMO_RECIPE, run_recipe
+    from pipeline.app.run import DEMO_RECIPE, run_recipe
 
     report = run_recipe(DEMO_RECIPE, args.out)
     print("\n".join(report["summary"]))
@@ -217,7 +223,7 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from pipeline.run import run_recipe
+    from pipeline.app.run import run_recipe
 
     report = run_recipe(args.recipe, args.out)
     print("\n".join(report["summary"]))

@@ -22,16 +22,16 @@ from typing import Any
 
 import yaml
 
-from runtime.bench import RUNTIMES, BenchSettings
+from export.parity import PARITY_SEQ_LEN, PARITY_WINDOWS
 from pipeline.architectures import ModelKind, spec_for_type
 from pipeline.data import text_source_path
-from export.parity import PARITY_SEQ_LEN, PARITY_WINDOWS
 from pipeline.errors import SparseDeployError, first_line
 from pipeline.evaluate import EVAL_SEQ_LEN, EVAL_SOURCE, EVAL_WINDOWS
 from pipeline.models import load_config
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, check_calibration_source, check_sparsity
 from pipeline.pruners import PRUNERS, build_pruner
+from runtime.bench import RUNTIMES, BenchSettings
 
 
 class RecipeError(SparseDeployError):

@@ -24,16 +24,16 @@ from typing import Any, Callable
 
 import yaml
 
+from pipeline.app.recipe import Recipe, check_inputs, load_recipe
 from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory, check_directory_path
 from pipeline.environment import source_digest
 from pipeline.models import load_model
-from pipeline.recipe import Recipe, check_inputs, load_recipe
 
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
-DEMO_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+DEMO_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -54,8 +54,10 @@ def run_stage(out: Path, name: str, print_: str, produce: Callable[[Path], dict[
     started = time.perf_counter()
     with atomic_directory(directory, overwrite=True) as tmp:
         info = produce(tmp)
-        (tmp / STAGE_FILE).write_text(json.dumps({"fingerprint": print_, "seconds": time.perf_counter() - started,
+        seconds = time.perf_counter() - started
+        (tmp / STAGE_FILE).write_text(json.dumps({"fingerprint": print_, "seconds": seconds,
                                                   "info": info}, indent=2) + "\n")
+    log.info("stage %s: done in %.0f s", name, seconds)
     return {**info, "dir": str(directory), "skipped": False}
 
 
@@ -124,7 +126,7 @@ def _benchmark(dense: Path, pruned: Path, recipe: Recipe) -> Callable[[Path], di
 # -- the run --------------------------------------------------------------------------------
 def run_recipe(path: Path, out: Path) -> dict[str, Any]:
     """Validate ``path`` (before any compute), run or skip each stage, assemble the artifact."""
-    from pipeline.report import assemble_artifact, summary_lines
+    from pipeline.app.report import assemble_artifact, summary_lines
 
     recipe = load_recipe(path)
     check_directory_path(out)

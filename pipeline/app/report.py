@@ -20,10 +20,10 @@ import yaml
 from transformers import AutoConfig
 
 from export.artifact import MANIFEST, MODEL_CARD, hashed_files, sha256
+from pipeline.app.recipe import Recipe
 from pipeline.architectures import ModelKind, spec_for_type
 from pipeline.atomic import atomic_directory
 from pipeline.environment import describe
-from pipeline.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
