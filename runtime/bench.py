@@ -43,6 +43,7 @@ from runtime.onnxruntime_runner import session, time_runs
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("deepsparse", "onnxruntime", "openvino", "openvino-sparse")
+FLAVOURS = ("decode", "prefill", "encoder")  # the graphs an artifact may hold (export.artifact)
 # The baselines a sparse kernel must beat: every runtime on the dense model except our sparse op,
 # which on a dense model is OpenVINO's own kernels under another name.
 DENSE_BASELINES = ("deepsparse", "onnxruntime", "openvino")
@@ -57,6 +58,7 @@ class BenchSettings:
     warmup: int = 3
     repetitions: int = 10  # timed runs per cell and round
     runtimes: tuple[str, ...] = RUNTIMES
+    flavours: tuple[str, ...] = FLAVOURS  # which of each artifact's graphs to time (those it has)
     rounds: int = 2  # interleaved passes over all artifacts, order reversed every other pass
     min_sparsity: float = openvino_runner.MIN_SPARSITY  # openvino-sparse: share of zeros from which a weight goes sparse
 
@@ -66,6 +68,8 @@ class BenchSettings:
             raise SparseDeployError(f"no runtime given; choose from {', '.join(RUNTIMES)}")
         if unknown:
             raise SparseDeployError(f"unknown runtime(s) {', '.join(sorted(unknown))}; choose from {', '.join(RUNTIMES)}")
+        if not self.flavours or set(self.flavours) - set(FLAVOURS):
+            raise SparseDeployError(f"flavours must be some of {', '.join(FLAVOURS)}, got {', '.join(self.flavours) or 'none'}")
         if min(self.seq_len, self.batch, self.repetitions, self.rounds) < 1 or self.past < 0 or self.warmup < 0:
             raise SparseDeployError("seq_len, batch, repetitions and rounds must be >= 1; past and warmup >= 0")
 
@@ -147,13 +151,18 @@ class _Cell:
     graph: Path
 
 
-def _cells(artifacts: list[Path], labels: list[str] | None) -> list[_Cell]:
-    cells = []
+def _cells(artifacts: list[Path], labels: list[str] | None, flavours: tuple[str, ...] = FLAVOURS) -> list[_Cell]:
+    cells, present = [], set()
     for i, artifact in enumerate(artifacts):
         manifest = read_manifest(artifact)
+        present |= set(manifest["flavours"])
         for flavour, info in manifest["flavours"].items():
-            cells.append(_Cell(artifact, labels[i] if labels else artifact.name, block_sparsity(manifest),
-                               block_nonzeros(manifest), flavour, artifact / info["file"]))
+            if flavour in flavours:
+                cells.append(_Cell(artifact, labels[i] if labels else artifact.name, block_sparsity(manifest),
+                                   block_nonzeros(manifest), flavour, artifact / info["file"]))
+    if not cells:
+        raise SparseDeployError(f"no graph to time: the artifacts hold {', '.join(sorted(present))}, the bench "
+                                f"asks for {', '.join(flavours)}")
     return cells
 
 
@@ -166,7 +175,7 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
     run back to back, in reversed order every other round; each row keeps its per-round
     medians, and speedups are also taken round by round, between cells minutes apart at most.
     """
-    cells = _cells(artifacts, labels)
+    cells = _cells(artifacts, labels, s.flavours)
     rows = {(i, rt): BenchRow(str(c.artifact), c.label, c.sparsity, c.flavour, rt, nonzeros=c.nonzeros)
             for i, c in enumerate(cells) for rt in s.runtimes}
     runs: dict[tuple[int, str], list[tuple[list[float], dict[str, Any]]]] = {key: [] for key in rows}

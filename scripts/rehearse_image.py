@@ -51,7 +51,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3.11", "python3.11-venv", "ca-certificates", "passwd")  # what python:3.11-slim brings
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-HOST_PIP_FILES = ("/etc/pip.conf", "/etc/xdg/pip")
+HOST_PIP_FILES = ("/etc/pip.conf", "/etc/xdg/pip", "/etc/ssl/certs/ca-certificates.crt")  # how pip reaches registries here
 PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")  # Docker's predefined ARGs
 DEMO_ARGS = ("run", "recipes/demo.yaml", "--out", "/out")
 KNOWN = ("FROM", "ARG", "ENV", "RUN", "COPY", "WORKDIR", "USER", "ENTRYPOINT", "CMD")
@@ -156,7 +156,9 @@ class Image:
         variables = {**self.env, **(env or {}), "HOME": self._home(user), "USER": user}
         inner = ["env", "-i", *(f"{k}={v}" for k, v in variables.items()), "/bin/sh", "-c",
                  f"cd {shlex.quote(self.workdir)} && exec {shlex.join(argv)}"]
-        as_user = [] if user == "root" else ["runuser", "-u", user, "--"]
+        # setpriv (util-linux, in every Debian) switches user without PAM, as the engine does
+        as_user = [] if user == "root" else ["setpriv", f"--reuid={user}", f"--regid={self._group(user)}",
+                                             "--init-groups", "--"]
         return ["chroot", str(self.root), *as_user, *inner]
 
     def run(self, argv: list[str], what: str, offline: bool = False, capture: bool = False) -> str:
@@ -179,6 +181,14 @@ class Image:
             if fields[0] == user:
                 return fields[5]
         return "/root" if user == "root" else "/"
+
+    def _group(self, user: str) -> str:
+        """The user's primary group (its gid, as /etc/passwd states it)."""
+        for line in (self.root / "etc" / "passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == user:
+                return fields[3]
+        raise RehearsalError(f"USER {user}: no such user in the image")
 
     def _ids(self, owner: str) -> tuple[int, int]:
         user, _, group = owner.partition(":")
@@ -343,7 +353,7 @@ def default_build_args() -> dict[str, str]:
     """TORCH_INDEX: the Dockerfile's default is the CPU wheel index of torch's own site; here
     the host's pip extra index (where this machine finds the CPU wheel) stands in for it."""
     extra = _host_pip("global.extra-index-url").split()
-    return {"TORCH_INDEX": extra[0]} if extra else {}
+    return {"TORCH_INDEX": " ".join(extra)} if extra else {}  # pip reads a space-separated list
 
 
 # -- the rehearsal -----------------------------------------------------------------------------

@@ -124,6 +124,26 @@ def test_rounds_interleave_artifacts_so_drift_favours_none(tmp_path, monkeypatch
     assert t["speedup"] == pytest.approx(1.0) and t["round_speedups"] == pytest.approx([99 / 98, 96 / 97])
 
 
+def test_flavours_choose_the_graphs_timed(tmp_path, monkeypatch):
+    """A first-run demo times decode only: the prefill graph is neither compiled nor timed."""
+    import runtime.bench as latency
+
+    art = tmp_path / "a"
+    art.mkdir()
+    flavours = {"decode": {"file": "model.onnx"}, "prefill": {"file": "prefill/model.onnx"}}
+    weights = {"layers.0.w": {"shape": [2, 4], "nonzeros": 4}}
+    (art / "manifest.json").write_text(json.dumps({"weights": weights, "flavours": flavours}))
+    timed = []
+    monkeypatch.setattr(latency, "time_cell", lambda runtime, graph, feeds, s: (timed.append(graph.name), ([0.001], {}))[1])
+    monkeypatch.setattr(latency, "_feeds", lambda *a: {})
+    rows = latency.measure([art], BenchSettings(repetitions=1, runtimes=("onnxruntime",), flavours=("decode",)))
+    assert [r.flavour for r in rows] == ["decode"] and timed == ["model.onnx", "model.onnx"]
+    with pytest.raises(SparseDeployError, match="the artifacts hold decode, prefill, the bench asks for encoder"):
+        latency.measure([art], BenchSettings(repetitions=1, runtimes=("onnxruntime",), flavours=("encoder",)))
+    with pytest.raises(SparseDeployError, match="flavours must be some of"):
+        BenchSettings(flavours=("decoder",))
+
+
 def test_bench_on_a_non_artifact_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "is not an artifact" in capsys.readouterr().err

@@ -74,7 +74,8 @@ def test_the_rehearsal_builds_the_dockerfiles_environment_user_and_files(tmp_pat
     assert image.env["HF_HUB_OFFLINE"] == "1" and image.user == "sparse" and image.workdir == "/opt/sparse-deploy"
     assert image.entrypoint == ["sparse-deploy"]
     command = image.command(["sparse-deploy", "run", "recipes/demo.yaml"])
-    assert command[:5] == ["chroot", str(root), "runuser", "-u", "sparse"] and "HOME=/home/sparse" in command
+    assert command[:6] == ["chroot", str(root), "setpriv", "--reuid=sparse", f"--regid={gid}", "--init-groups"]
+    assert "HOME=/home/sparse" in command
     # COPY applies .dockerignore: no results, caches or builds in the image
     context = tmp_path / "context"
     for rel in ("benchmarks/paired.py", "benchmarks/results/x.json", "benchmarks/__pycache__/p.pyc",

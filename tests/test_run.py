@@ -45,6 +45,7 @@ def _with(path, value):
     (("prune", 0, "params"), {"structures": "layers"}, r"'prune\[0\].params'.*structures"),
     (("calibration", "samples"), 0, "'calibration.samples': expected an integer >= 1"),
     (("benchmark", "runtimes"), ["tensorrt"], "'benchmark.runtimes': expected a list of runtimes"),
+    (("benchmark", "flavours"), ["decoder"], "'benchmark.flavours': expected a list of flavours from decode, prefill"),
     (("evaluate", "windowz"), 3, "'evaluate.windowz': not a known key"),
     (("prune",), [], "'prune': expected a non-empty list"),
 ])

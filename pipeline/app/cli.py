@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     from export.parity import PARITY_SEQ_LEN, PARITY_WINDOWS
     from pipeline.owl import OWLConfig
     from pipeline.pruners import PRUNERS
-    from runtime.bench import RUNTIMES, BenchSettings
+    from runtime.bench import FLAVOURS, RUNTIMES, BenchSettings
 
     owl, bench = OWLConfig(), BenchSettings()
 
@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("artifacts", nargs="+", type=Path)
     b.add_argument("--runtime", default=",".join(bench.runtimes),
                    help=f"comma-separated, from {', '.join(RUNTIMES)} (default: %(default)s)")
+    b.add_argument("--flavours", default=",".join(bench.flavours),
+                   help=f"graphs to time where an artifact has them, comma-separated, from {', '.join(FLAVOURS)} "
+                        "(default: all)")
     b.add_argument("--seq-len", type=POSITIVE, default=bench.seq_len, help="prefill tokens (default: %(default)s)")
     b.add_argument("--past", type=COUNT, default=bench.past,
                    help="cached tokens before the decoded one (default: %(default)s)")
@@ -202,9 +205,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from runtime.bench import BenchSettings, bench
 
-    runtimes = tuple(r.strip() for r in args.runtime.split(",") if r.strip())
+    runtimes, flavours = (tuple(r.strip() for r in value.split(",") if r.strip())
+                          for value in (args.runtime, args.flavours))
     settings = BenchSettings(seq_len=args.seq_len, past=args.past, batch=args.batch, threads=args.threads,
-                             warmup=args.warmup, repetitions=args.repetitions, rounds=args.rounds, runtimes=runtimes)
+                             warmup=args.warmup, repetitions=args.repetitions, rounds=args.rounds, runtimes=runtimes,
+                             flavours=flavours)
     bench(args.artifacts, settings, args.out, allow_slower=args.allow_slower)
     log.info("report: %s", args.out / "latency.md")
 

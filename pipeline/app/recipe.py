@@ -31,7 +31,7 @@ from pipeline.models import load_config
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, check_calibration_source, check_sparsity
 from pipeline.pruners import PRUNERS, build_pruner
-from runtime.bench import RUNTIMES, BenchSettings
+from runtime.bench import FLAVOURS, RUNTIMES, BenchSettings
 
 
 class RecipeError(SparseDeployError):
@@ -141,10 +141,11 @@ def _typed(item: Any, default: Any, key: str) -> Any:
         if not isinstance(item, str):
             raise _fail(key, f"expected a string, got {item!r}")
         return item
-    if isinstance(default, tuple):  # runtimes
+    if isinstance(default, tuple):  # runtimes, flavours: a non-empty list of known names
+        kind, choices = ("flavours", FLAVOURS) if key.endswith(".flavours") else ("runtimes", RUNTIMES)
         items = [item] if isinstance(item, str) else item
-        if not isinstance(items, list) or not items or any(r not in RUNTIMES for r in items):
-            raise _fail(key, f"expected a list of runtimes from {', '.join(RUNTIMES)}, got {item!r}")
+        if not isinstance(items, list) or not items or any(r not in choices for r in items):
+            raise _fail(key, f"expected a list of {kind} from {', '.join(choices)}, got {item!r}")
         return tuple(items)
     return item
 
