@@ -212,6 +212,14 @@ class Image:
         log.info("FROM %s: emulated by debootstrap %s + %s", ins.argument, SUITE, " ".join(BASE_PACKAGES))
         bootstrap(self.root, self.timings)
         prepare_root(self.root)
+        # debootstrap's --include does not resolve dependencies (python3.11-venv's): apt does
+        start = time.monotonic()
+        install = ["/bin/sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                   f"--no-install-recommends {' '.join(BASE_PACKAGES)} >/dev/null"]
+        if subprocess.run(self.command(install, user="root"), stdin=subprocess.DEVNULL).returncode != 0:
+            raise RehearsalError(f"installing the base's {', '.join(BASE_PACKAGES)} failed")
+        self.timings["base packages"] = round(time.monotonic() - start, 1)
+        host_pip_setup(self.root)
 
     def _do_arg(self, ins: Instruction) -> None:
         for name, value in parse_assignments(ins.argument, {**self.env, **self.args}).items():
@@ -301,8 +309,7 @@ def bootstrap(root: Path, timings: dict[str, float]) -> None:
     if shutil.which("debootstrap") is None:
         raise RehearsalError("debootstrap is missing: apt-get install debootstrap")
     start = time.monotonic()
-    command = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(root),
-               host_mirror()]
+    command = ["debootstrap", "--variant=minbase", SUITE, str(root), host_mirror()]
     log.info("debootstrap into %s (a few minutes)", root)
     if subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL).returncode != 0:
         raise RehearsalError(f"debootstrap failed; see {root}/debootstrap/debootstrap.log")
@@ -311,21 +318,31 @@ def bootstrap(root: Path, timings: dict[str, float]) -> None:
 
 def prepare_root(root: Path) -> None:
     """What a container gets from its engine: /proc, /dev, /sys, name resolution, and here the
-    host's apt and pip setup (how this machine reaches the registries). Mounts live in this
-    process's private mount namespace and vanish with it."""
+    host's apt setup (how this machine reaches the registries). Mounts live in this process's
+    private mount namespace and vanish with it."""
     for name, args in (("proc", ["-t", "proc", "proc"]), ("dev", ["--rbind", "/dev"]), ("sys", ["--rbind", "/sys"])):
         (root / name).mkdir(exist_ok=True)
         subprocess.run(["mount", *args, str(root / name)], check=True)
     for name in ("resolv.conf", "hosts"):
         if Path("/etc", name).is_file():
             shutil.copy2(Path("/etc", name), root / "etc" / name)
-    for path in ("/etc/apt/sources.list", "/etc/apt/sources.list.d", "/etc/apt/apt.conf.d", *HOST_PIP_FILES):
+    _copy_host_files(root, ("/etc/apt/sources.list", "/etc/apt/sources.list.d", "/etc/apt/apt.conf.d"))
+
+
+def _copy_host_files(root: Path, paths: tuple[str, ...]) -> None:
+    for path in paths:
         src, dest = Path(path), root / path.lstrip("/")
         if src.is_dir():
             shutil.copytree(src, dest, dirs_exist_ok=True)
         elif src.is_file():
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest)
+
+
+def host_pip_setup(root: Path) -> None:
+    """pip's configuration, CA bundle and local package directories (bind-mounted read-only), as
+    this machine has them; after the base packages, whose ca-certificates would overwrite the bundle."""
+    _copy_host_files(root, HOST_PIP_FILES)
     for directory in pip_local_directories():
         dest = root / directory.lstrip("/")
         dest.mkdir(parents=True, exist_ok=True)
