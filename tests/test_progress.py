@@ -49,3 +49,32 @@ def test_quiet_foreign_bars_mutes_bars_inside_and_restores_them():
         assert _drawn() == ""
         assert _drawn(disable=False) == ""  # even one that insists
     assert "3/3" in _drawn()
+
+
+def _cli(*args: str, cwd) -> str:
+    """``sparse-deploy ARGS`` in a child whose stderr is a pipe (not a terminal, as in CI or
+    ``docker run`` without ``-t``); its stderr."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pipeline.app.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_prune_and_run_show_progress_lines_off_a_terminal(tmp_path):
+    import yaml
+
+    err = _cli("prune", "--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.5", "--calib-samples", "4",
+               "--calib-seq-len", "32", "--out", str(tmp_path / "pruned"), cwd=tmp_path)
+    assert "INFO wanda: 3/3 blocks done in" in err and "\r" not in err
+    recipe = {"name": "progress", "model": "tiny-llama", "calibration": {"samples": 4, "seq_len": 32},
+              "prune": [{"method": "magnitude", "sparsity": 0.5}], "evaluate": {"windows": 1, "seq_len": 32},
+              "export": {"parity_windows": 1, "parity_seq_len": 32}, "benchmark": False}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    err = _cli("run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    for line in ("INFO stage prune-0: running", "INFO magnitude: 3/3 blocks done in", "INFO stage evaluate: done in",
+                 "INFO perplexity: 1/1 batches done in", "INFO stage export: done in"):
+        assert line in err, line
+    assert "\r" not in err
