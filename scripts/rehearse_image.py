@@ -175,20 +175,24 @@ class Image:
             raise RehearsalError(f"{what} failed (exit {done.returncode}): {shlex.join(argv)[:200]}")
         return done.stdout or ""
 
-    def _home(self, user: str) -> str:
+    def _passwd(self, user: str) -> list[str] | None:
+        """The user's fields in the image's /etc/passwd (name, x, uid, gid, gecos, home, shell)."""
         for line in (self.root / "etc" / "passwd").read_text().splitlines():
             fields = line.split(":")
             if fields[0] == user:
-                return fields[5]
-        return "/root" if user == "root" else "/"
+                return fields
+        return None
+
+    def _home(self, user: str) -> str:
+        entry = self._passwd(user)
+        return entry[5] if entry else ("/root" if user == "root" else "/")
 
     def _group(self, user: str) -> str:
         """The user's primary group (its gid, as /etc/passwd states it)."""
-        for line in (self.root / "etc" / "passwd").read_text().splitlines():
-            fields = line.split(":")
-            if fields[0] == user:
-                return fields[3]
-        raise RehearsalError(f"USER {user}: no such user in the image")
+        entry = self._passwd(user)
+        if entry is None:
+            raise RehearsalError(f"USER {user}: no such user in the image")
+        return entry[3]
 
     def _ids(self, owner: str) -> tuple[int, int]:
         user, _, group = owner.partition(":")
