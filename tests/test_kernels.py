@@ -59,6 +59,25 @@ def test_every_path_matches_the_scalar_reference_and_numpy(shape):
                 assert np.all(y[:, n // 2] == 0)
 
 
+def test_no_lane_past_a_rows_values_is_multiplied():
+    """A SIMD path loads 16 values at a time; past a row's last value of a group lie the next
+    rows' values and then the next group record's bitmaps, which read as floats can be NaN or
+    Inf (columns 23-30 of a group all non-zero set a word's exponent bits). Those lanes must
+    never reach an accumulator, not even multiplied by zero: 0 * Inf is NaN."""
+    n, k = 8, 128  # one tile, two groups
+    w = np.zeros((n, k), np.float32)
+    w[:, 64 + 23:64 + 31] = 1.0  # group 1's bitmap words read as Inf/NaN
+    w[:, 0] = 0.5  # one value per row in group 0: row 7's loads run into group 1's record
+    x = np.random.default_rng(0).standard_normal((1, k)).astype(np.float32)
+    packed = PackedWeight(w)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    for isa in PATHS:
+        for m in (1, 3):
+            xm = np.repeat(x, m, axis=0)
+            y = packed.matmul(xm, isa, threaded=False)
+            assert np.all(np.isfinite(y)) and np.allclose(y, exact, rtol=1e-5, atol=1e-5), (isa, m)
+
+
 def test_the_cpu_runs_the_wide_paths_it_reports():
     from pipeline.environment import cpu_isa
 

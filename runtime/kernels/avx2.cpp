@@ -1,8 +1,9 @@
 // AVX2 + FMA path (compiled with -mavx2 -mfma -mbmi2 -mpopcnt). No expand instruction: a
 // 16-column chunk is two 8-column halves, and each half's packed values are moved into place
 // by vpermps with an index from a 256-entry table (rank of each set bit), the lanes whose bit
-// is clear zeroed by a mask from a second table. Four rows of W run interleaved (a bitmap tile
-// of eight in two passes). Many rows:
+// is clear zeroed by a mask from a second table. A tile of eight rows is read as one stream,
+// each group record in two halves of four rows (eight row pointers did not fit the 16 GPRs
+// next to everything else: GCC spilled them). Many rows:
 // many_rows.hpp, indices decoded from a table of set-bit positions.
 #include <immintrin.h>
 
@@ -80,7 +81,7 @@ struct Simd {
     }
 };
 
-constexpr size_t kPrefetch = 256;  // floats ahead on each value stream
+constexpr size_t kPrefetch = 8192;  // bytes ahead of the record being read (see avx512.cpp)
 
 // acc += (the 8 columns of one half-chunk of W, expanded) * x
 inline __m256 half(const Tables& t, uint32_t bits, const float*& p, __m256 xv, __m256 acc) {
@@ -98,41 +99,40 @@ inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Four rows of one bitmap tile (rows first..first+3 of it; `rows` of them real).
-void quad(const Packed& w, const float* xp, size_t tile, size_t first, size_t rows, float* y) {
+// One tile of kMaskRows rows of W, all groups.
+void row_tile(const Packed& w, const float* xp, size_t tile, float* y) {
+    constexpr size_t R = kMaskRows, kHalf = R / 2;
     const Tables& t = tables();
-    const uint64_t* bits = reinterpret_cast<const uint64_t*>(w.masks) + tile * w.groups * kMaskRows + first;
-    const size_t n = tile * kMaskRows + first;
-    const float* p[4];
-    __m256 a[4];
-    for (size_t r = 0; r < 4; ++r) {
-        p[r] = w.values + w.rowptr[n + std::min(r, rows - 1)];
-        a[r] = _mm256_setzero_ps();
-    }
-    for (size_t g = 0; g < w.groups; ++g, bits += kMaskRows) {
-        for (int r = 0; r < 4; ++r) _mm_prefetch(reinterpret_cast<const char*>(p[r] + kPrefetch), _MM_HINT_T0);
-        for (size_t j = 0; j < kMaskChunks; ++j) {
-            const float* xc = xp + (g * kMaskChunks + j) * kChunk;
-            const __m256 xlo = _mm256_load_ps(xc), xhi = _mm256_load_ps(xc + 8);
-            for (int r = 0; r < 4; ++r) {
-                const uint32_t b = uint32_t(bits[r] >> (16 * j));
-                a[r] = half(t, b & 0xff, p[r], xlo, a[r]);
-                a[r] = half(t, (b >> 8) & 0xff, p[r], xhi, a[r]);
+    const float* q = w.data + w.tileptr[tile];
+    const char* prefetched = reinterpret_cast<const char*>(q) + kPrefetch;
+    __m256 a[R];
+    for (size_t r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
+    for (size_t g = 0; g < w.groups; ++g) {
+        const float* p[R + 1];
+        record_rows(q, p);
+        prefetch_ahead(prefetched, p[R], kPrefetch);
+        for (size_t r0 = 0; r0 < R; r0 += kHalf)
+            for (size_t j = 0; j < kMaskChunks; ++j) {
+                const float* xc = xp + (g * kMaskChunks + j) * kChunk;
+                const __m256 xlo = _mm256_load_ps(xc), xhi = _mm256_load_ps(xc + 8);
+                for (size_t r = r0; r < r0 + kHalf; ++r) {
+                    const uint32_t b = uint32_t(record_mask(q, r) >> (16 * j));
+                    a[r] = half(t, b & 0xff, p[r], xlo, a[r]);
+                    a[r] = half(t, (b >> 8) & 0xff, p[r], xhi, a[r]);
+                }
             }
-        }
+        q = p[R];
     }
-    for (size_t r = 0; r < rows; ++r) y[n + r] = hsum(a[r]);
+    const size_t n = tile * R;
+    for (size_t r = 0; r < R && n + r < w.n; ++r) y[n + r] = hsum(a[r]);
 }
 
 void one_row(const Packed& w, const float* x, float* y, const ParallelFor& parallel) {
     AlignedFloats xp = aligned_floats(w.groups * kMaskChunks * kChunk);  // x padded to whole groups
     std::memcpy(xp.get(), x, w.k * sizeof(float));
-    const size_t tiles = (w.n + kMaskRows - 1) / kMaskRows, per_task = kRowTile / kMaskRows;
-    parallel((tiles + per_task - 1) / per_task, [&](size_t t) {
-        for (size_t tile = t * per_task; tile < std::min(tiles, (t + 1) * per_task); ++tile) {
-            const size_t rows = std::min(kMaskRows, w.n - tile * kMaskRows);
-            for (size_t first = 0; first < rows; first += 4) quad(w, xp.get(), tile, first, std::min<size_t>(4, rows - first), y);
-        }
+    const size_t per_task = kRowTile / kMaskRows;
+    parallel((w.tiles + per_task - 1) / per_task, [&](size_t t) {
+        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile) row_tile(w, xp.get(), tile, y);
     });
 }
 

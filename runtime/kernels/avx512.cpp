@@ -1,5 +1,5 @@
 // AVX-512 path (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq). One row: see
-// row_tile. Many rows: many_rows.hpp, offsets decoded with vpcompressd.
+// row_tile (values expanded with vexpandps). Many rows: many_rows.hpp, offsets decoded with vpcompressd.
 #include <immintrin.h>
 
 #include "many_rows.hpp"
@@ -46,46 +46,49 @@ struct Simd {
     }
 };
 
-// R rows of W, all chunks: x's chunk is compressed under each row's bitmap (vcompressps,
-// register form: faster in a throwaway microbenchmark than expanding the values, register or memory form) and
-// multiplied with the row's next 16 packed values, of which only the first popcount meet a
-// non-zero lane. Masks are read four chunks (one u64) at a time; the value streams are
-// prefetched 1 KB ahead. A tile of 8 rows in flight beat 4 and 2 rows with 2 threads in
-// throwaway microbenchmarks on a Zen 5 (not kept: the committed figures are the sweep's).
-constexpr size_t kPrefetch = 256;  // floats ahead
+// One tile of kMaskRows rows of W, all groups: the row's next 16 packed values are loaded and
+// expanded under the chunk's bitmap (vexpandps, register form), then multiplied with x's chunk.
+// Not the other way round (compressing x under the bitmap and multiplying with the 16 values
+// as loaded, as fast in a throwaway microbenchmark): past a row's last value the load reads
+// the next record's bitmaps, whose bits can spell NaN, and 0 * NaN is NaN. Expanding never
+// lets a lane past the popcount through; the memory form of vexpandps was slower. The tile is one sequential stream (see
+// sparse_format.hpp); the software prefetch runs kPrefetch bytes ahead of the record being
+// read, line by line, so every byte is asked for once and early (4-8 KB beat 1-2 KB and
+// per-row prefetches in a throwaway microbenchmark on a Zen 5; the committed figures are the sweep's).
+constexpr size_t kPrefetch = 8192;
 
-// One tile of kMaskRows rows of W (the last tile may hold fewer real rows: `rows`).
-inline void row_tile(const Packed& w, const float* xp, size_t tile, size_t rows, float* y) {
-    constexpr int R = int(kMaskRows);
-    const uint64_t* bits = reinterpret_cast<const uint64_t*>(w.masks) + tile * w.groups * kMaskRows;
-    const size_t n = tile * kMaskRows;
-    const float* p[R];
+inline void row_tile(const Packed& w, const float* xp, size_t tile, float* y) {
+    constexpr size_t R = kMaskRows;
+    const float* q = w.data + w.tileptr[tile];
+    const char* prefetched = reinterpret_cast<const char*>(q) + kPrefetch;
     __m512 a[R];
-    for (int r = 0; r < R; ++r) {
-        p[r] = w.values + w.rowptr[n + std::min<size_t>(size_t(r), rows - 1)];
-        a[r] = _mm512_setzero_ps();
-    }
-    for (size_t g = 0; g < w.groups; ++g, bits += kMaskRows) {
-        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(p[r] + kPrefetch), _MM_HINT_T0);
+    for (size_t r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();
+    for (size_t g = 0; g < w.groups; ++g) {
+        const float* p[R + 1];
+        record_rows(q, p);
+        prefetch_ahead(prefetched, p[R], kPrefetch);
+        uint64_t bits[R];
+        for (size_t r = 0; r < R; ++r) bits[r] = record_mask(q, r);
         for (size_t j = 0; j < kMaskChunks; ++j) {
             const __m512 xv = _mm512_load_ps(xp + (g * kMaskChunks + j) * kChunk);
-            for (int r = 0; r < R; ++r) {
+            for (size_t r = 0; r < R; ++r) {
                 const uint64_t b = (bits[r] >> (16 * j)) & 0xffff;
-                a[r] = _mm512_fmadd_ps(_mm512_maskz_compress_ps(__mmask16(b), xv), _mm512_loadu_ps(p[r]), a[r]);
+                a[r] = _mm512_fmadd_ps(_mm512_maskz_expand_ps(__mmask16(b), _mm512_loadu_ps(p[r])), xv, a[r]);
                 p[r] += __builtin_popcountll(b);
             }
         }
+        q = p[R];
     }
-    for (size_t r = 0; r < rows; ++r) y[n + r] = _mm512_reduce_add_ps(a[r]);
+    const size_t n = tile * R;
+    for (size_t r = 0; r < R && n + r < w.n; ++r) y[n + r] = _mm512_reduce_add_ps(a[r]);
 }
 
 void one_row(const Packed& w, const float* x, float* y, const ParallelFor& parallel) {
     AlignedFloats xp = aligned_floats(w.groups * kMaskChunks * kChunk);  // x padded to whole groups
     std::memcpy(xp.get(), x, w.k * sizeof(float));
-    const size_t tiles = (w.n + kMaskRows - 1) / kMaskRows, per_task = kRowTile / kMaskRows;
-    parallel((tiles + per_task - 1) / per_task, [&](size_t t) {
-        for (size_t tile = t * per_task; tile < std::min(tiles, (t + 1) * per_task); ++tile)
-            row_tile(w, xp.get(), tile, std::min(kMaskRows, w.n - tile * kMaskRows), y);
+    const size_t per_task = kRowTile / kMaskRows;
+    parallel((w.tiles + per_task - 1) / per_task, [&](size_t t) {
+        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile) row_tile(w, xp.get(), tile, y);
     });
 }
 

@@ -49,54 +49,72 @@ void transpose_rows(const float* x, size_t k, size_t m0, size_t mb, float* xt) {
     }
 }
 
-// Offsets into xt of row n's non-zeros in mask groups [g0, g1), in column order; returns how many.
+// One tile's rows over the group records [q, ...) of groups [g0, g1): for each row r, the
+// offsets into xt of its non-zeros (idx + r * len), in column order, how many (cnt[r]), and
+// where its values lie (v[r]): in the record itself when the block is one group, else copied
+// into val + r * len (a row's values of several groups are not contiguous). Returns the record
+// after the last group: a tile's records are read once, front to back, whatever the blocking.
 template <class Simd, size_t S>
-size_t decode_row(const Packed& w, size_t n, size_t g0, size_t g1, int32_t* out) {
-    const uint64_t* bits = reinterpret_cast<const uint64_t*>(w.masks) + ((n / kMaskRows) * w.groups + g0) * kMaskRows +
-                           n % kMaskRows;
-    size_t cnt = 0;
-    for (size_t g = g0; g < g1; ++g, bits += kMaskRows) {
-        const uint64_t b = *bits;  // the group's kMaskChunks bitmaps of row n
+const float* decode_tile(const float* q, size_t g0, size_t g1, size_t len, int32_t* idx, float* val, size_t* cnt,
+                         const float** v) {
+    const bool copy = g1 - g0 > 1;
+    for (size_t r = 0; r < kMaskRows; ++r) cnt[r] = 0;
+    for (size_t g = g0; g < g1; ++g) {
+        const float* p = q + kRecordHead;
         const int32_t base = int32_t(g * kMaskChunks * kChunk * S);
-        for (size_t j = 0; j < kMaskChunks; ++j)
-            cnt += Simd::decode(uint32_t(b >> (16 * j)) & 0xffff, base + int32_t(j * kChunk * S), int32_t(S), out + cnt);
+        for (size_t r = 0; r < kMaskRows; ++r) {
+            const uint64_t b = record_mask(q, r);
+            if (!copy) v[r] = p;
+            for (size_t j = 0; j < kMaskChunks; ++j) {
+                const uint32_t bits = uint32_t(b >> (16 * j)) & 0xffff;
+                const size_t c = Simd::decode(bits, base + int32_t(j * kChunk * S), int32_t(S), idx + r * len + cnt[r]);
+                if (copy) std::memcpy(val + r * len + cnt[r], p, kChunk * sizeof(float));  // 16; the surplus is overwritten
+                p += c;
+                cnt[r] += c;
+            }
+        }
+        q = p;
     }
-    return cnt;
+    if (copy)
+        for (size_t r = 0; r < kMaskRows; ++r) v[r] = val + r * len;
+    return q;
 }
 
 // One block of rows [m0, m0 + mb) of x, every row of W, through Simd::rows<NACC>.
 //
 // Loop order, and why: the reuse that matters is of transposed x, read S floats per non-zero.
-// K is walked in blocks of whole mask groups whose transposed x stays in L1 (kXtBudget) while a
-// task's tile of kNTile rows of W passes over it; each row keeps a cursor into its values, so a
-// block starts where the previous one ended. The tile's accumulators (kNTile x S floats) live in
-// L2. Row n + 1's offsets are decoded before row n is multiplied (two buffers): the decode's
-// wide stores have retired by the time the multiply loads the offsets back, instead of stalling
-// it once per row and block (measured: benchmarks/results/openvino_sparse_kernels.md).
+// K is walked in blocks of whole groups whose transposed x stays in L1 (kXtBudget) while a
+// task's kNTile rows of W pass over it; each tile keeps a cursor into its records, so a block
+// starts where the previous one ended. The tile's accumulators (kNTile x S floats) live in L2.
+// A whole tile (8 rows) is decoded into offsets and values before its rows are multiplied: the
+// decode's wide stores have retired by the time the multiply loads them back (one row decoded
+// right before its own multiply stalled it, benchmarks/results/openvino_sparse_kernels.md).
 template <class Simd, int NACC>
 void many_rows_block(const Packed& w, const float* x, size_t m0, size_t mb, float* y, const ParallelFor& parallel) {
     constexpr size_t S = Simd::kLanes * NACC;  // stride of one column of transposed x
+    constexpr size_t kTilesPerTask = kNTile / kMaskRows;
     AlignedFloats xt = aligned_floats(w.k * S);
     transpose_rows<S>(x, w.k, m0, mb, xt.get());
     const size_t kb_groups = std::max<size_t>(1, kXtBudget / (S * sizeof(float) * kChunk * kMaskChunks));
-    const size_t idx_len = kb_groups * kMaskChunks * kChunk + 32;  // + room for the decode's 16-wide stores
-    const size_t tasks = (w.n + kNTile - 1) / kNTile;
-    parallel(tasks, [&](size_t t) {
-        const size_t n0 = t * kNTile, n1 = std::min(w.n, n0 + kNTile);
-        AlignedFloats yt = aligned_floats((n1 - n0) * S);
-        std::vector<int32_t> idx(2 * idx_len);
-        std::vector<uint64_t> cursor(w.rowptr + n0, w.rowptr + n1);
+    const size_t len = kb_groups * kMaskChunks * kChunk + 32;  // per row; + room for the decode's 16-wide stores
+    const size_t tasks = (w.tiles + kTilesPerTask - 1) / kTilesPerTask;
+    parallel(tasks, [&](size_t task) {
+        const size_t t0 = task * kTilesPerTask, t1 = std::min(w.tiles, t0 + kTilesPerTask);
+        const size_t n0 = t0 * kMaskRows, n1 = std::min(w.n, t1 * kMaskRows);
+        AlignedFloats yt = aligned_floats((t1 - t0) * kMaskRows * S);
+        std::vector<int32_t> idx(kMaskRows * len);
+        std::vector<float> val(kMaskRows * len);
+        std::vector<const float*> cursor(t1 - t0);
+        for (size_t t = t0; t < t1; ++t) cursor[t - t0] = w.data + w.tileptr[t];
+        size_t cnt[kMaskRows];
+        const float* v[kMaskRows];
         for (size_t g0 = 0; g0 < w.groups; g0 += kb_groups) {
             const size_t g1 = std::min(w.groups, g0 + kb_groups);
-            int32_t* cur = idx.data();
-            int32_t* next = idx.data() + idx_len;
-            size_t cnt = decode_row<Simd, S>(w, n0, g0, g1, cur);
-            for (size_t n = n0; n < n1; ++n) {
-                const size_t cnt_next = n + 1 < n1 ? decode_row<Simd, S>(w, n + 1, g0, g1, next) : 0;
-                Simd::template rows<NACC>(w.values + cursor[n - n0], cur, cnt, xt.get(), yt.get() + (n - n0) * S);
-                cursor[n - n0] += cnt;
-                std::swap(cur, next);
-                cnt = cnt_next;
+            for (size_t t = t0; t < t1; ++t) {
+                cursor[t - t0] = decode_tile<Simd, S>(cursor[t - t0], g0, g1, len, idx.data(), val.data(), cnt, v);
+                for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < n1; ++r)
+                    Simd::template rows<NACC>(v[r], idx.data() + r * len, cnt[r], xt.get(),
+                                              yt.get() + ((t - t0) * kMaskRows + r) * S);
             }
         }
         for (size_t r = 0; r < mb; ++r)  // y row by row: a write per row of W per row of y touches a page each

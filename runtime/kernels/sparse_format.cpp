@@ -1,6 +1,7 @@
 // Packing, viewing, ISA dispatch and the scalar reference of the bitmap-16 sparse MatMul.
 #include "sparse_format.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -15,87 +16,91 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed) {
     const size_t chunks = (k + kChunk - 1) / kChunk;
     const size_t groups = (chunks + kMaskChunks - 1) / kMaskChunks;
     const size_t tiles = (n + kMaskRows - 1) / kMaskRows;
-    auto at = [&](size_t row, size_t col) { return transposed ? w[col * n + row] : w[row * k + col]; };
+    constexpr size_t kGroupCols = kMaskChunks * kChunk;
 
-    // Bitmaps first, scanning the stored layout row-major (Wᵀ is scanned along its rows).
-    std::vector<uint16_t> masks(tiles * groups * kMaskRows * kMaskChunks, 0);
-    std::vector<uint64_t> count(n, 0);
-    if (transposed) {
-        for (size_t col = 0; col < k; ++col)
-            for (size_t row = 0; row < n; ++row)
-                if (w[col * n + row] != 0.0f) {
-                    masks[mask_index(groups, row, col / kChunk)] |= uint16_t(1u << (col % kChunk));
-                    ++count[row];
-                }
-    } else {
-        for (size_t row = 0; row < n; ++row)
+    // Two passes over W in its stored order (Wᵀ is scanned along its rows, never strided):
+    // bitmaps and counts per (row, group), then the values into their segments.
+    std::vector<uint64_t> masks(n * groups, 0), cursor(n * groups, 0);
+    const auto visit = [&](auto&& f) {
+        if (transposed) {
             for (size_t col = 0; col < k; ++col)
-                if (w[row * k + col] != 0.0f) {
-                    masks[mask_index(groups, row, col / kChunk)] |= uint16_t(1u << (col % kChunk));
-                    ++count[row];
-                }
-    }
+                for (size_t row = 0; row < n; ++row) f(row, col, w[col * n + row]);
+        } else {
+            for (size_t row = 0; row < n; ++row)
+                for (size_t col = 0; col < k; ++col) f(row, col, w[row * k + col]);
+        }
+    };
     uint64_t nnz = 0;
-    for (size_t row = 0; row < n; ++row) nnz += count[row];
+    visit([&](size_t row, size_t col, float v) {
+        if (v == 0.0f) return;
+        masks[row * groups + col / kGroupCols] |= uint64_t(1) << (col % kGroupCols);
+        ++nnz;
+    });
 
     Header h{};
     h.magic = kMagic;
-    h.version = 1;
+    h.version = kVersion;
     h.n = n;
     h.k = k;
     h.chunks = chunks;
     h.nnz = nnz;
-    h.mask_words = masks.size();
-    h.off_masks = align64(sizeof(Header));
-    h.off_rowptr = h.off_masks + align64(masks.size() * sizeof(uint16_t));
-    h.off_values = h.off_rowptr + align64((n + 1) * sizeof(uint64_t));
-    h.total = h.off_values + align64((nnz + kValuePad) * sizeof(float));
+    h.tiles = tiles;
+    h.groups = groups;
+    const size_t data_floats = tiles * groups * kRecordHead + nnz + kValuePad;
+    h.off_tileptr = align64(sizeof(Header));
+    h.off_data = h.off_tileptr + align64((tiles + 1) * sizeof(uint64_t));
+    h.total = h.off_data + align64(data_floats * sizeof(float));
 
     std::vector<uint8_t> blob(h.total, 0);
     std::memcpy(blob.data(), &h, sizeof(h));
-    std::memcpy(blob.data() + h.off_masks, masks.data(), masks.size() * sizeof(uint16_t));
-    auto* rowptr = reinterpret_cast<uint64_t*>(blob.data() + h.off_rowptr);
-    auto* values = reinterpret_cast<float*>(blob.data() + h.off_values);
-    rowptr[0] = 0;
-    for (size_t row = 0; row < n; ++row) rowptr[row + 1] = rowptr[row] + count[row];
-    std::vector<uint64_t> cursor(rowptr, rowptr + n);
-    if (transposed) {
-        for (size_t col = 0; col < k; ++col)
-            for (size_t row = 0; row < n; ++row) {
-                const float v = w[col * n + row];
-                if (v != 0.0f) values[cursor[row]++] = v;
+    auto* tileptr = reinterpret_cast<uint64_t*>(blob.data() + h.off_tileptr);
+    auto* data = reinterpret_cast<float*>(blob.data() + h.off_data);
+    uint64_t pos = 0;  // in floats
+    for (size_t t = 0; t < tiles; ++t) {
+        tileptr[t] = pos;
+        for (size_t g = 0; g < groups; ++g) {
+            float* record = data + pos;
+            pos += kRecordHead;
+            for (size_t r = 0; r < kMaskRows; ++r) {
+                const size_t row = t * kMaskRows + r;
+                const uint64_t bits = row < n ? masks[row * groups + g] : 0;
+                std::memcpy(record + 2 * r, &bits, sizeof bits);
+                if (row < n) cursor[row * groups + g] = pos;
+                pos += uint64_t(__builtin_popcountll(bits));
             }
-    } else {
-        for (size_t row = 0; row < n; ++row)
-            for (size_t col = 0; col < k; ++col) {
-                const float v = at(row, col);
-                if (v != 0.0f) values[cursor[row]++] = v;
-            }
+        }
     }
+    tileptr[tiles] = pos;
+    visit([&](size_t row, size_t col, float v) {
+        if (v != 0.0f) data[cursor[row * groups + col / kGroupCols]++] = v;
+    });
     return blob;
 }
 
 Packed view(const uint8_t* blob, size_t size) {
     if (size < sizeof(Header)) throw std::runtime_error("sparse weight blob too small for its header");
     const auto* h = reinterpret_cast<const Header*>(blob);
-    if (h->magic != kMagic || h->version != 1) throw std::runtime_error("not a sparse weight blob (bad magic)");
+    if (h->magic != kMagic) throw std::runtime_error("not a sparse weight blob (bad magic)");
+    if (h->version != kVersion)
+        throw std::runtime_error("sparse weight blob of format version " + std::to_string(h->version) + ", this library reads " +
+                                 std::to_string(kVersion));
+    const uint64_t records = h->tiles * h->groups * kRecordHead;
     if (h->total != size || h->chunks != (h->k + kChunk - 1) / kChunk ||
-        h->mask_words != ((h->n + kMaskRows - 1) / kMaskRows) * ((h->chunks + kMaskChunks - 1) / kMaskChunks) *
-                             kMaskRows * kMaskChunks ||
-        h->off_masks + h->mask_words * sizeof(uint16_t) > h->off_rowptr ||
-        h->off_rowptr + (h->n + 1) * sizeof(uint64_t) > h->off_values ||
-        h->off_values + (h->nnz + kValuePad) * sizeof(float) > size)
+        h->groups != (h->chunks + kMaskChunks - 1) / kMaskChunks || h->tiles != (h->n + kMaskRows - 1) / kMaskRows ||
+        h->off_tileptr + (h->tiles + 1) * sizeof(uint64_t) > h->off_data ||
+        h->off_data + (records + h->nnz + kValuePad) * sizeof(float) > size)
         throw std::runtime_error("sparse weight blob sizes do not add up");
     Packed p;
     p.h = h;
     p.n = h->n;
     p.k = h->k;
     p.chunks = h->chunks;
-    p.groups = (h->chunks + kMaskChunks - 1) / kMaskChunks;
-    p.masks = reinterpret_cast<const uint16_t*>(blob + h->off_masks);
-    p.rowptr = reinterpret_cast<const uint64_t*>(blob + h->off_rowptr);
-    p.values = reinterpret_cast<const float*>(blob + h->off_values);
-    if (p.rowptr[p.n] != h->nnz) throw std::runtime_error("sparse weight blob row pointers do not add up");
+    p.groups = h->groups;
+    p.tiles = h->tiles;
+    p.tileptr = reinterpret_cast<const uint64_t*>(blob + h->off_tileptr);
+    p.data = reinterpret_cast<const float*>(blob + h->off_data);
+    if (p.tileptr[0] != 0 || p.tileptr[p.tiles] != records + h->nnz)
+        throw std::runtime_error("sparse weight blob tile pointers do not add up");
     return p;
 }
 
@@ -148,27 +153,30 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, Isa isa, const 
 
 namespace scalar {
 
-// The reference: every other path is tested against this one. Row by row, chunk by chunk,
-// set bit by set bit: no tiling, no tricks.
+// The reference: every other path is tested against this one. Tile by tile, group record by
+// group record, row by row, set bit by set bit: no blocking, no tricks.
 void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
-    const size_t tasks = (w.n + kRowTile - 1) / kRowTile;
-    parallel(tasks, [&](size_t t) {
-        const size_t n0 = t * kRowTile, n1 = std::min(w.n, n0 + kRowTile);
-        for (size_t n = n0; n < n1; ++n) {
-            for (size_t r = 0; r < m; ++r) {
-                const float* xr = x + r * w.k;
-                const float* v = w.values + w.rowptr[n];
-                float acc = 0.0f;
-                for (size_t c = 0; c < w.chunks; ++c) {
-                    uint32_t bits = mask_at(w, n, c);
+    const size_t per_task = kRowTile / kMaskRows;
+    parallel((w.tiles + per_task - 1) / per_task, [&](size_t task) {
+        std::vector<float> acc(m * kMaskRows);
+        for (size_t t = task * per_task; t < std::min(w.tiles, (task + 1) * per_task); ++t) {
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            const float* q = w.data + w.tileptr[t];
+            for (size_t g = 0; g < w.groups; ++g) {
+                const float* v = q + kRecordHead;
+                for (size_t r = 0; r < kMaskRows; ++r) {
+                    uint64_t bits = record_mask(q, r);
                     while (bits) {
-                        const unsigned j = unsigned(__builtin_ctz(bits));
-                        acc += *v++ * xr[c * kChunk + j];
+                        const size_t col = g * kMaskChunks * kChunk + size_t(__builtin_ctzll(bits));
+                        for (size_t i = 0; i < m; ++i) acc[i * kMaskRows + r] += *v * x[i * w.k + col];
+                        ++v;
                         bits &= bits - 1;
                     }
                 }
-                y[r * w.n + n] = acc;
+                q = v;
             }
+            for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < w.n; ++r)
+                for (size_t i = 0; i < m; ++i) y[i * w.n + t * kMaskRows + r] = acc[i * kMaskRows + r];
         }
     });
 }

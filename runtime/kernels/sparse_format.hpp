@@ -1,25 +1,35 @@
 // The compressed weight of a sparse MatMul y = x · Wᵀ, and the kernels that read it.
 //
-// Format ("bitmap-16"): W is N x K (out x in). Each row is cut into chunks of 16 columns; a
-// chunk is one uint16 bitmap (bit j: column 16c + j is non-zero) and the chunk's non-zeros are
-// packed, in column order, into one values array shared by all rows. Bitmaps are grouped so
-// that the one-row kernel reads them through one pointer: rows in tiles of kMaskRows, chunks in
-// groups of kMaskChunks, laid out [tile][group][row in tile][chunk in group] (see mask_index;
-// rows and chunks padded with empty bitmaps). Why: with one pointer per row the kernel ran out
-// of registers and GCC spilled the row pointers (much slower in a throwaway microbenchmark). Bytes per logical weight:
-// 2/16 = 0.125 for the bitmap + 4 (1 - s) for the values (+ 8/K for the row pointers): 1.33 at 70% instead of 4, a bandwidth ceiling of 3.0x over dense.
+// Format ("bitmap-16", version 2): W is N x K (out x in). Each row is cut into chunks of 16
+// columns; a chunk is one uint16 bitmap (bit j: column 16c + j is non-zero) and its non-zeros
+// are packed in column order. Rows come in tiles of kMaskRows (8), columns in groups of
+// kMaskChunks (4) chunks, and the weight is one stream of group records, tile by tile:
+//
+//   tile t, group g:  8 x u64 bitmaps (row r's four chunk bitmaps, chunk j in bits 16j..16j+15)
+//                     then row 0's non-zeros of the group, row 1's, ..., row 7's (f32)
+//
+// Why one stream: the one-row kernel reads a tile front to back, so the hardware and one
+// software prefetch pointer see a single sequential stream per thread. With the bitmaps in
+// their own array and a value stream per row (version 1: nine streams per thread) the same
+// kernel waited on memory far below the bandwidth a dense loop gets (the kernel sweep before
+// and after: benchmarks/results/openvino_sparse_kernels.md). Bytes per logical weight: 2/16 = 0.125 for the
+// bitmaps + 4 (1 - s) for the values (+ 1/K for the tile pointers): 1.33 at 70% instead of
+// 4, a bandwidth ceiling of 3.0x over dense.
 // Why a bitmap and not column indices: batch-1 decode is bound by the bytes it streams, and a
 // bitmap is the cheapest index there is at the sparsities we serve (a 16-bit column index
-// costs 2 (1 - s) bytes, more than 0.125 below 94% sparsity). AVX-512 expands a chunk's values
-// with one instruction (vexpandps); AVX2 does it with a permute from a 256-entry table.
+// costs 2 (1 - s) bytes, more than 0.125 below 94% sparsity). AVX-512 compresses x's chunk
+// under the bitmap with one instruction (vcompressps); AVX2 permutes from a 256-entry table.
 //
 // Everything lives in one byte blob (64-byte aligned sections), so that a graph can carry the
-// packed weight as one u8 constant: header, masks u16[N*C], rowptr u64[N+1], values
-// f32[nnz + 16] (the padding lets a kernel load 16 values past the last one).
+// packed weight as one u8 constant: header, tileptr u64[tiles + 1] (offsets of the tiles'
+// first records, in floats), data f32[records + kValuePad] (the padding lets a kernel load 16
+// values past the last one). Rows past N in the last tile and chunks past K in the last group
+// have empty bitmaps.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -27,32 +37,53 @@
 namespace sparse_deploy {
 
 constexpr uint32_t kMagic = 0x31575053;  // "SPW1"
+constexpr uint32_t kVersion = 2;
 constexpr size_t kChunk = 16;            // columns per bitmap chunk
 constexpr size_t kValuePad = 16;
-constexpr size_t kMaskRows = 8;    // rows per bitmap tile
-constexpr size_t kMaskChunks = 4;  // chunks per bitmap group (one u64 per row)
+constexpr size_t kMaskRows = 8;    // rows per tile
+constexpr size_t kMaskChunks = 4;  // chunks per group (one u64 of bitmaps per row)
+constexpr size_t kRecordHead = kMaskRows * sizeof(uint64_t) / sizeof(float);  // floats of bitmaps per record
 
 struct Header {
     uint32_t magic;
     uint32_t version;
-    uint64_t n, k, chunks, nnz, mask_words;  // mask_words: u16 entries of the (padded) bitmap array
-    uint64_t off_masks, off_rowptr, off_values, total;
+    uint64_t n, k, chunks, nnz, tiles, groups;
+    uint64_t off_tileptr, off_data, total;
 };
 
 // A read-only view of a packed blob (no copy).
 struct Packed {
     const Header* h = nullptr;
-    const uint16_t* masks = nullptr;
-    const uint64_t* rowptr = nullptr;
-    const float* values = nullptr;
-    size_t n = 0, k = 0, chunks = 0, groups = 0;  // groups = chunks rounded up to kMaskChunks, / kMaskChunks
+    const uint64_t* tileptr = nullptr;
+    const float* data = nullptr;
+    size_t n = 0, k = 0, chunks = 0, groups = 0, tiles = 0;
 };
 
-// Where the bitmap of (row n, chunk c) sits in the masks array.
-inline size_t mask_index(size_t groups, size_t n, size_t c) {
-    return (((n / kMaskRows) * groups + c / kMaskChunks) * kMaskRows + n % kMaskRows) * kMaskChunks + c % kMaskChunks;
+// Internal linkage on purpose: each ISA file compiles its own copy of these with its own
+// instruction set, so the linker can never hand a wide build of a helper to the scalar path.
+namespace {
+
+// Row r's four chunk bitmaps in the group record at q.
+inline uint64_t record_mask(const float* q, size_t r) {
+    uint64_t bits;
+    std::memcpy(&bits, q + 2 * r, sizeof bits);
+    return bits;
 }
-inline uint32_t mask_at(const Packed& w, size_t n, size_t c) { return w.masks[mask_index(w.groups, n, c)]; }
+
+// Where each row's non-zeros start in the group record at q (p[kMaskRows]: the next record).
+inline void record_rows(const float* q, const float* p[kMaskRows + 1]) {
+    p[0] = q + kRecordHead;
+    for (size_t r = 0; r < kMaskRows; ++r) p[r + 1] = p[r] + __builtin_popcountll(record_mask(q, r));
+}
+
+// A tile is one stream: ask for every line of it once, `ahead` bytes before the reader
+// reaches it (`next`: the first line not yet asked for; `end`: where the reader is now).
+inline void prefetch_ahead(const char*& next, const float* end, size_t ahead) {
+    for (const char* target = reinterpret_cast<const char*>(end) + ahead; next < target; next += 64)
+        __builtin_prefetch(next, 0, 3);
+}
+
+}  // namespace
 
 // Pack a dense weight given as W (N x K, row-major) or as Wᵀ (K x N, row-major: how an ONNX
 // MatMul stores it; transposed=true). Returns the blob.
@@ -87,7 +118,7 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelF
 }
 
 // Shared by the SIMD paths: the many-row kernels work on x transposed into column blocks.
-constexpr size_t kRowTile = 64;       // rows of W per task (one-row path)
+constexpr size_t kRowTile = 64;       // rows of W per task (one-row path): whole tiles
 constexpr size_t kNTile = 256;            // rows of W per task (many-row path)
 constexpr size_t kXtBudget = 32 * 1024;  // bytes of transposed x per block of K: in L1 (see many_rows.hpp)
 
