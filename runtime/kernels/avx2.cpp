@@ -57,7 +57,7 @@ struct Simd {
 
     template <int NACC>
     static void rows(const float* v, const int32_t* idx, size_t cnt, const float* xt, float* yt) {
-        constexpr int U = NACC >= 4 ? 1 : 4 / NACC;
+        constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
         __m256 acc[U][NACC];
         for (int u = 0; u < U; ++u)
             for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? _mm256_load_ps(yt + 8 * i) : _mm256_setzero_ps();

@@ -19,10 +19,10 @@ struct Simd {
     }
 
     // acc[i] += v[j] * xt[idx[j] + 16 i] for every non-zero j; U copies of the accumulators
-    // keep at least four FMA chains in flight when NACC is small.
+    // keep kFmaChains independent FMA chains in flight (many_rows.hpp).
     template <int NACC>
     static void rows(const float* v, const int32_t* idx, size_t cnt, const float* xt, float* yt) {
-        constexpr int U = NACC >= 4 ? 1 : 4 / NACC;
+        constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
         __m512 acc[U][NACC];
         for (int u = 0; u < U; ++u)
             for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? _mm512_load_ps(yt + 16 * i) : _mm512_setzero_ps();

@@ -22,6 +22,12 @@
 namespace sparse_deploy {
 namespace {
 
+// Independent FMA chains a path's rows<NACC> keeps in flight (U = kFmaChains / NACC copies of
+// its accumulators): two FMA pipes x 4 cycles of latency need eight to stay busy. Four (the
+// previous choice) left 16-row blocks (NACC = 1) at half the FMA rate; sixteen on AVX-512 was
+// no faster at 16 rows and slower at 128 (throwaway A/B of the two builds, paired, Zen 5).
+constexpr int kFmaChains = 8;
+
 struct AlignedFree {
     void operator()(float* p) const { std::free(p); }
 };
