@@ -86,7 +86,7 @@ def test_the_cpu_runs_the_wide_paths_it_reports():
 
 
 def test_bytes_per_weight_are_the_formats():
-    """0.125 (bitmap) + 4 (1 - s) per logical weight, plus the header, row pointers and padding."""
+    """0.125 (bitmap) + 4 (1 - s) per logical weight, plus the header, tile pointers and padding."""
     n, k = 256, 1024
     w = _weight(n, k, 0.7, seed=1)
     nnz = int(np.count_nonzero(w))
