@@ -33,6 +33,7 @@ KERNELS = Path(__file__).resolve().parent / "kernels"
 LIBRARY = KERNELS / "build" / "libsparse_deploy_ov.so"
 BUILD_COMMAND = "bash scripts/install.sh kernels"
 ISAS = ("scalar", "avx2", "avx512")  # index = the C API's Isa value
+VALUE_BYTES = {"f32": 4, "int8": 1}  # how the packed form stores the non-zeros (the C API's Values)
 # The share of zeros from which a weight runs on the sparse op; declared here once and handed to
 # the extension (which has the same number as its fallback for other hosts). Chosen from the
 # kernel sweep (benchmarks/results/openvino_sparse_kernels.md, format v2): at 50%, the lowest
@@ -55,13 +56,20 @@ def _c_api() -> ctypes.CDLL:
     except OSError as exc:
         raise SparseDeployError(f"sparse kernel extension {LIBRARY} does not load ({exc}): run `{BUILD_COMMAND}`") from None
     lib.sd_pack.restype = ctypes.POINTER(ctypes.c_uint8)
-    lib.sd_pack.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
+    lib.sd_pack.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                             ctypes.POINTER(ctypes.c_size_t)]
+    lib.sd_int8_grid.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
     lib.sd_free.argtypes = [ctypes.c_void_p]
     lib.sd_matmul.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
                               ctypes.c_int, ctypes.c_int]
     lib.sd_last_error.restype = ctypes.c_char_p
     return lib
+
+
+def on_int8_grid(weight: np.ndarray) -> bool:
+    """Whether every row of W (N x K) is scale * q with q integer, |q| <= 127, scale = max |row| / 127."""
+    w = np.ascontiguousarray(weight, dtype=np.float32)
+    return bool(_c_api().sd_int8_grid(w.ctypes.data, w.shape[0], w.shape[1], 0))
 
 
 def isa_supported(isa: str) -> bool:
@@ -75,13 +83,17 @@ def best_isa() -> str:
 class PackedWeight:
     """A weight packed by the C API (for tests and kernel sweeps outside a graph)."""
 
-    def __init__(self, weight: np.ndarray, transposed: bool = False) -> None:
-        """``weight``: W (N x K), or Wᵀ (K x N, as an ONNX MatMul stores it) with ``transposed``."""
+    def __init__(self, weight: np.ndarray, transposed: bool = False, values: str = "f32") -> None:
+        """``weight``: W (N x K), or Wᵀ (K x N, as an ONNX MatMul stores it) with ``transposed``;
+        ``values``: "f32", or "int8" (per row, symmetric: exact for a weight on that grid,
+        round-to-nearest otherwise)."""
+        if values not in VALUE_BYTES:
+            raise SparseDeployError(f"values must be one of {', '.join(VALUE_BYTES)}, got {values!r}")
         w = np.ascontiguousarray(weight, dtype=np.float32)
         self.n, self.k = (w.shape[1], w.shape[0]) if transposed else w.shape
         size = ctypes.c_size_t()
         lib = _c_api()
-        self._ptr = lib.sd_pack(w.ctypes.data, self.n, self.k, int(transposed), ctypes.byref(size))
+        self._ptr = lib.sd_pack(w.ctypes.data, self.n, self.k, int(transposed), VALUE_BYTES[values], ctypes.byref(size))
         if not self._ptr:
             raise SparseDeployError(f"packing failed: {lib.sd_last_error().decode()}")
         self.nbytes = size.value
@@ -107,14 +119,17 @@ class PackedWeight:
 @dataclass
 class SparseOps:
     """What the extension did to one graph: MatMuls with a constant weight on the sparse op and
-    left dense (too few zeros), the ISA paths used."""
+    left dense (too few zeros), the ISA paths used, and how the packed weights store their
+    non-zeros (f32, or int8 for weights on a per-row int8 grid)."""
 
     sparse: int = 0
     dense: int = 0
     isa: dict[str, int] = field(default_factory=dict)
+    values: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sparse_matmuls": self.sparse, "dense_constant_matmuls": self.dense, "isa": self.isa}
+        return {"sparse_matmuls": self.sparse, "dense_constant_matmuls": self.dense, "isa": self.isa,
+                "values": self.values}
 
 
 def _core(sparse: bool, isa: str | None, min_sparsity: float) -> Any:
@@ -147,14 +162,18 @@ def read_model(path: str | Path, sparse: bool, isa: str | None = None,
 def count_ops(model: Any) -> SparseOps:
     ops = SparseOps()
     isas: Counter[str] = Counter()
+    values: Counter[str] = Counter()
     for node in model.get_ordered_ops():
         kind = node.get_type_name()
         if kind == "SparseMatMul":
             ops.sparse += 1
-            isas[node.get_attributes()["isa"]] += 1
+            attributes = node.get_attributes()
+            isas[attributes["isa"]] += 1
+            values[attributes["values"]] += 1
         elif kind == "MatMul" and node.input_value(1).get_node().get_type_name() == "Constant":
             ops.dense += 1
     ops.isa = dict(isas)
+    ops.values = dict(values)
     return ops
 
 

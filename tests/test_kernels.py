@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.errors import SparseDeployError
 from runtime import openvino_runner
-from runtime.openvino_runner import ISAS, PackedWeight, isa_supported
+from runtime.openvino_runner import ISAS, PackedWeight, isa_supported, on_int8_grid
 
 PATHS = [isa for isa in ISAS if isa_supported(isa)]
 SHAPES = [  # (N, K, M, sparsity)
@@ -42,14 +42,27 @@ def _bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)) + 1e-6
 
 
+def _int8_grid(w: np.ndarray) -> np.ndarray:
+    """W moved onto its per-row symmetric int8 grid (what a weight quantized per row and stored
+    dequantized looks like)."""
+    scale = np.abs(w).max(axis=1, keepdims=True) / 127
+    safe = np.where(scale > 0, scale, 1)
+    return (np.round(w / safe) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("values", ["f32", "int8"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}-K{}-M{}-s{}".format(*s))
-def test_every_path_matches_the_scalar_reference_and_numpy(shape):
+def test_every_path_matches_the_scalar_reference_and_numpy(shape, values):
+    """int8 values: W on its int8 grid, so packing is exact and numpy sees the same weight."""
     n, k, m, sparsity = shape
     w = _weight(n, k, sparsity, seed=n * k + m)
+    if values == "int8":
+        w = _int8_grid(w)
+        assert on_int8_grid(w)
     x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
     exact = x.astype(np.float64) @ w.T.astype(np.float64)
     for transposed in (False, True):  # W as torch stores it, and Wᵀ as an ONNX MatMul does
-        packed = PackedWeight(np.ascontiguousarray(w.T) if transposed else w, transposed=transposed)
+        packed = PackedWeight(np.ascontiguousarray(w.T) if transposed else w, transposed=transposed, values=values)
         reference = packed.matmul(x, "scalar", threaded=False)
         assert np.all(np.abs(reference - exact) <= _bound(x, w))
         for isa in PATHS:
@@ -57,6 +70,33 @@ def test_every_path_matches_the_scalar_reference_and_numpy(shape):
                 y = packed.matmul(x, isa, threaded=threaded)
                 assert np.all(np.abs(y - reference) <= _bound(x, w)), (isa, threaded)
                 assert np.all(y[:, n // 2] == 0)
+
+
+def test_int8_rounds_a_weight_off_its_grid_to_nearest_and_knows_it():
+    """Off the grid, int8 packing is round-to-nearest per row: each weight moves by at most half
+    a step (max |row| / 254), so each output by at most that times sum |x|; and the grid check
+    says the weight was not on it (the extension packs int8 only for weights that are)."""
+    n, k = 37, 300
+    w = _weight(n, k, 0.7, seed=5)
+    assert not on_int8_grid(w)
+    x = np.random.default_rng(1).standard_normal((4, k)).astype(np.float32)
+    half_step = np.abs(w).max(axis=1) / 254
+    bound = np.abs(x).sum(axis=1, keepdims=True) * half_step[None, :] * (1 + 1e-3) + _bound(x, w)
+    packed = PackedWeight(w, values="int8")
+    for isa in PATHS:
+        for rows in (x[:1], x):
+            y = packed.matmul(rows, isa, threaded=False)
+            assert np.all(np.abs(y - rows.astype(np.float64) @ w.T.astype(np.float64)) <= bound[: len(rows)]), isa
+    assert packed.nbytes < PackedWeight(w).nbytes / 2.5  # 1 byte per non-zero instead of 4
+
+
+def test_bad_value_types_and_int8_of_inf_are_refused():
+    w = _weight(8, 32, 0.5, seed=2)
+    with pytest.raises(SparseDeployError, match="values must be one of"):
+        PackedWeight(w, values="int4")
+    w[0, 1] = np.inf
+    with pytest.raises(SparseDeployError, match="inf or nan"):
+        PackedWeight(w, values="int8")
 
 
 def test_no_lane_past_a_rows_values_is_multiplied():
@@ -85,13 +125,15 @@ def test_the_cpu_runs_the_wide_paths_it_reports():
     assert "scalar" in PATHS
 
 
-def test_bytes_per_weight_are_the_formats():
-    """0.125 (bitmap) + 4 (1 - s) per logical weight, plus the header, tile pointers and padding."""
+@pytest.mark.parametrize("values", ["f32", "int8"])
+def test_bytes_per_weight_are_the_formats(values):
+    """0.125 (bitmap) + 4 (1 - s) per logical weight for f32 values, 0.125 + (1 - s) for int8
+    ones (+ a scale per row), plus the header, tile pointers and padding."""
     n, k = 256, 1024
     w = _weight(n, k, 0.7, seed=1)
     nnz = int(np.count_nonzero(w))
-    packed = PackedWeight(w)
-    expected = n * k / 8 + 4 * nnz
+    packed = PackedWeight(w, values=values)
+    expected = n * k / 8 + (4 if values == "f32" else 1) * nnz + (4 * n if values == "int8" else 0)
     assert expected <= packed.nbytes <= expected + 8 * (n + 1) + 4 * 16 + 4 * 64
 
 

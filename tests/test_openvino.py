@@ -128,3 +128,31 @@ def test_a_cpu_without_avx2_is_warned_about_the_scalar_path(llama_artifact, monk
     with caplog.at_level("WARNING"):
         openvino_runner.read_model(llama_artifact / "prefill" / "model.onnx", sparse=True)
     assert any("no AVX2" in r.getMessage() for r in caplog.records)
+
+
+def test_weights_on_an_int8_grid_run_int8_values_and_match_onnxruntime(llama_artifact, tmp_path):
+    """A pruned weight quantized per output channel (symmetric int8) and stored dequantized, as
+    the artifact carries it, is packed with int8 values: same logits as ONNX Runtime running
+    the very same f32 graph (ATOL), and the op says which weights it packed that way."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(llama_artifact / "prefill" / "model.onnx"))
+    quantized = 0
+    for init in model.graph.initializer:
+        wt = numpy_helper.to_array(init)  # Wᵀ: K x N, output channels along axis 1
+        if wt.ndim != 2 or wt.dtype != np.float32 or np.mean(wt == 0) < openvino_runner.MIN_SPARSITY:
+            continue
+        scale = np.abs(wt).max(axis=0, keepdims=True) / 127
+        grid = (np.round(wt / np.where(scale > 0, scale, 1)) * scale).astype(np.float32)
+        init.CopyFrom(numpy_helper.from_array(grid, init.name))
+        quantized += 1
+    graph = tmp_path / "model.onnx"
+    onnx.save(model, str(graph))
+    feeds = {"input_ids": _ids(16)}
+    expected = ort_run(session(graph), feeds)[0]
+    logits, ops = _ov_logits(graph, feeds)
+    assert quantized >= 14 and ops.values == {"int8": ops.sparse} and ops.sparse >= 14
+    assert np.abs(logits - expected).max() < ATOL
+    _, plain = _ov_logits(llama_artifact / "prefill" / "model.onnx", feeds)
+    assert plain.values == {"f32": plain.sparse}  # off the grid: f32 values, never rounded

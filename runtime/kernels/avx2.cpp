@@ -37,8 +37,20 @@ const Tables& tables() {
     return t;
 }
 
+// 8 stored values as floats (int8 ones not yet scaled).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
 struct Simd {
     static constexpr size_t kLanes = 8;
+
+    template <class V>
+    static void widen16(const V* src, float* dst) {
+        _mm256_storeu_ps(dst, load8(src));
+        _mm256_storeu_ps(dst + 8, load8(src + 8));
+    }
 
     // Offsets base + stride * j of the set bits j, in order.
     static size_t decode(uint32_t bits, int32_t base, int32_t stride, int32_t* out) {
@@ -84,10 +96,11 @@ struct Simd {
 constexpr size_t kPrefetch = 8192;  // bytes ahead of the record being read (see avx512.cpp)
 
 // acc += (the 8 columns of one half-chunk of W, expanded) * x
-inline __m256 half(const Tables& t, uint32_t bits, const float*& p, __m256 xv, __m256 acc) {
+template <class V>
+inline __m256 half(const Tables& t, uint32_t bits, const V*& p, __m256 xv, __m256 acc) {
     const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.expand_index[bits].data()));
     const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(t.keep[bits].data()));
-    const __m256 wv = _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(p), index), keep);
+    const __m256 wv = _mm256_and_ps(_mm256_permutevar8x32_ps(load8(p), index), keep);
     p += __builtin_popcount(bits);
     return _mm256_fmadd_ps(wv, xv, acc);
 }
@@ -100,15 +113,16 @@ inline float hsum(__m256 v) {
 }
 
 // One tile of kMaskRows rows of W, all groups.
+template <class V>
 void row_tile(const Packed& w, const float* xp, size_t tile, float* y) {
     constexpr size_t R = kMaskRows, kHalf = R / 2;
     const Tables& t = tables();
-    const float* q = w.data + w.tileptr[tile];
+    const uint8_t* q = w.data + w.tileptr[tile];
     const char* prefetched = reinterpret_cast<const char*>(q) + kPrefetch;
     __m256 a[R];
     for (size_t r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
     for (size_t g = 0; g < w.groups; ++g) {
-        const float* p[R + 1];
+        const V* p[R + 1];
         record_rows(q, p);
         prefetch_ahead(prefetched, p[R], kPrefetch);
         for (size_t r0 = 0; r0 < R; r0 += kHalf)
@@ -121,10 +135,10 @@ void row_tile(const Packed& w, const float* xp, size_t tile, float* y) {
                     a[r] = half(t, (b >> 8) & 0xff, p[r], xhi, a[r]);
                 }
             }
-        q = p[R];
+        q = reinterpret_cast<const uint8_t*>(p[R]);
     }
     const size_t n = tile * R;
-    for (size_t r = 0; r < R && n + r < w.n; ++r) y[n + r] = hsum(a[r]);
+    for (size_t r = 0; r < R && n + r < w.n; ++r) y[n + r] = hsum(a[r]) * row_scale(w, n + r);
 }
 
 void one_row(const Packed& w, const float* x, float* y, const ParallelFor& parallel) {
@@ -132,7 +146,12 @@ void one_row(const Packed& w, const float* x, float* y, const ParallelFor& paral
     std::memcpy(xp.get(), x, w.k * sizeof(float));
     const size_t per_task = kRowTile / kMaskRows;
     parallel((w.tiles + per_task - 1) / per_task, [&](size_t t) {
-        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile) row_tile(w, xp.get(), tile, y);
+        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile) {
+            if (w.values == Values::i8)
+                row_tile<int8_t>(w, xp.get(), tile, y);
+            else
+                row_tile<float>(w, xp.get(), tile, y);
+        }
     });
 }
 

@@ -7,8 +7,17 @@
 namespace sparse_deploy::avx512 {
 namespace {
 
+// 16 stored values as floats (int8 ones not yet scaled).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
 struct Simd {
     static constexpr size_t kLanes = 16;
+
+    template <class V>
+    static void widen16(const V* src, float* dst) { _mm512_storeu_ps(dst, load16(src)); }
 
     // Offsets base + stride * j of the set bits j, in order.
     static size_t decode(uint32_t bits, int32_t base, int32_t stride, int32_t* out) {
@@ -57,14 +66,15 @@ struct Simd {
 // per-row prefetches in a throwaway microbenchmark on a Zen 5; the committed figures are the sweep's).
 constexpr size_t kPrefetch = 8192;
 
+template <class V>
 inline void row_tile(const Packed& w, const float* xp, size_t tile, float* y) {
     constexpr size_t R = kMaskRows;
-    const float* q = w.data + w.tileptr[tile];
+    const uint8_t* q = w.data + w.tileptr[tile];
     const char* prefetched = reinterpret_cast<const char*>(q) + kPrefetch;
     __m512 a[R];
     for (size_t r = 0; r < R; ++r) a[r] = _mm512_setzero_ps();
     for (size_t g = 0; g < w.groups; ++g) {
-        const float* p[R + 1];
+        const V* p[R + 1];
         record_rows(q, p);
         prefetch_ahead(prefetched, p[R], kPrefetch);
         uint64_t bits[R];
@@ -73,14 +83,14 @@ inline void row_tile(const Packed& w, const float* xp, size_t tile, float* y) {
             const __m512 xv = _mm512_load_ps(xp + (g * kMaskChunks + j) * kChunk);
             for (size_t r = 0; r < R; ++r) {
                 const uint64_t b = (bits[r] >> (16 * j)) & 0xffff;
-                a[r] = _mm512_fmadd_ps(_mm512_maskz_expand_ps(__mmask16(b), _mm512_loadu_ps(p[r])), xv, a[r]);
+                a[r] = _mm512_fmadd_ps(_mm512_maskz_expand_ps(__mmask16(b), load16(p[r])), xv, a[r]);
                 p[r] += __builtin_popcountll(b);
             }
         }
-        q = p[R];
+        q = reinterpret_cast<const uint8_t*>(p[R]);
     }
     const size_t n = tile * R;
-    for (size_t r = 0; r < R && n + r < w.n; ++r) y[n + r] = _mm512_reduce_add_ps(a[r]);
+    for (size_t r = 0; r < R && n + r < w.n; ++r) y[n + r] = _mm512_reduce_add_ps(a[r]) * row_scale(w, n + r);
 }
 
 void one_row(const Packed& w, const float* x, float* y, const ParallelFor& parallel) {
@@ -88,7 +98,12 @@ void one_row(const Packed& w, const float* x, float* y, const ParallelFor& paral
     std::memcpy(xp.get(), x, w.k * sizeof(float));
     const size_t per_task = kRowTile / kMaskRows;
     parallel((w.tiles + per_task - 1) / per_task, [&](size_t t) {
-        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile) row_tile(w, xp.get(), tile, y);
+        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile) {
+            if (w.values == Values::i8)
+                row_tile<int8_t>(w, xp.get(), tile, y);
+            else
+                row_tile<float>(w, xp.get(), tile, y);
+        }
     });
 }
 

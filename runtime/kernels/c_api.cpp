@@ -20,10 +20,13 @@ const char* sd_last_error() { return last_error.c_str(); }
 int sd_isa_supported(int isa) { return sparse_deploy::isa_supported(sparse_deploy::Isa(isa)) ? 1 : 0; }
 int sd_best_isa() { return int(sparse_deploy::best_isa()); }
 
-// Packs W (n x k, or k x n when transposed) into a new blob; *size receives its length.
-uint8_t* sd_pack(const float* w, size_t n, size_t k, int transposed, size_t* size) {
+// Packs W (n x k, or k x n when transposed) into a new blob with value_bytes 4 (f32) or 1
+// (int8 per row); *size receives its length.
+uint8_t* sd_pack(const float* w, size_t n, size_t k, int transposed, int value_bytes, size_t* size) {
     try {
-        const std::vector<uint8_t> blob = sparse_deploy::pack(w, n, k, transposed != 0);
+        if (value_bytes != 4 && value_bytes != 1) throw std::runtime_error("value_bytes must be 4 (f32) or 1 (int8)");
+        const std::vector<uint8_t> blob =
+            sparse_deploy::pack(w, n, k, transposed != 0, sparse_deploy::Values(uint32_t(value_bytes)));
         auto* out = static_cast<uint8_t*>(std::malloc(blob.size()));
         if (!out) throw std::bad_alloc();
         std::memcpy(out, blob.data(), blob.size());
@@ -36,6 +39,11 @@ uint8_t* sd_pack(const float* w, size_t n, size_t k, int transposed, size_t* siz
 }
 
 void sd_free(uint8_t* blob) { std::free(blob); }
+
+// 1 when every row of W lies on its per-row int8 grid (sparse_format.hpp: int8_grid).
+int sd_int8_grid(const float* w, size_t n, size_t k, int transposed) {
+    return sparse_deploy::int8_grid(w, n, k, transposed != 0) ? 1 : 0;
+}
 
 // y (m x n) = x (m x k) · Wᵀ on the given ISA path; threaded=0 runs on the calling thread.
 int sd_matmul(const uint8_t* blob, size_t size, const float* x, size_t m, float* y, int isa, int threaded) {

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "sparse_format.hpp"
@@ -57,29 +58,30 @@ void transpose_rows(const float* x, size_t k, size_t m0, size_t mb, float* xt) {
 
 // One tile's rows over the group records [q, ...) of groups [g0, g1): for each row r, the
 // offsets into xt of its non-zeros (idx + r * len), in column order, how many (cnt[r]), and
-// where its values lie (v[r]): in the record itself when the block is one group, else copied
-// into val + r * len (a row's values of several groups are not contiguous). Returns the record
-// after the last group: a tile's records are read once, front to back, whatever the blocking.
-template <class Simd, size_t S>
-const float* decode_tile(const float* q, size_t g0, size_t g1, size_t len, int32_t* idx, float* val, size_t* cnt,
-                         const float** v) {
-    const bool copy = g1 - g0 > 1;
+// where its values lie as floats (v[r]): in the record itself when the block is one group of
+// f32 values, else widened and copied into val + r * len (a row's values of several groups are
+// not contiguous; int8 ones are not floats). Returns the record after the last group: a tile's
+// records are read once, front to back, whatever the blocking.
+template <class Simd, size_t S, class V>
+const uint8_t* decode_tile(const uint8_t* q, size_t g0, size_t g1, size_t len, int32_t* idx, float* val, size_t* cnt,
+                           const float** v) {
+    const bool copy = g1 - g0 > 1 || !std::is_same_v<V, float>;
     for (size_t r = 0; r < kMaskRows; ++r) cnt[r] = 0;
     for (size_t g = g0; g < g1; ++g) {
-        const float* p = q + kRecordHead;
+        const V* p = reinterpret_cast<const V*>(q + kRecordHead);
         const int32_t base = int32_t(g * kMaskChunks * kChunk * S);
         for (size_t r = 0; r < kMaskRows; ++r) {
             const uint64_t b = record_mask(q, r);
-            if (!copy) v[r] = p;
+            if (!copy) v[r] = reinterpret_cast<const float*>(p);
             for (size_t j = 0; j < kMaskChunks; ++j) {
                 const uint32_t bits = uint32_t(b >> (16 * j)) & 0xffff;
                 const size_t c = Simd::decode(bits, base + int32_t(j * kChunk * S), int32_t(S), idx + r * len + cnt[r]);
-                if (copy) std::memcpy(val + r * len + cnt[r], p, kChunk * sizeof(float));  // 16; the surplus is overwritten
+                if (copy) Simd::widen16(p, val + r * len + cnt[r]);  // 16; the surplus is overwritten
                 p += c;
                 cnt[r] += c;
             }
         }
-        q = p;
+        q = reinterpret_cast<const uint8_t*>(p);
     }
     if (copy)
         for (size_t r = 0; r < kMaskRows; ++r) v[r] = val + r * len;
@@ -95,7 +97,7 @@ const float* decode_tile(const float* q, size_t g0, size_t g1, size_t len, int32
 // A whole tile (8 rows) is decoded into offsets and values before its rows are multiplied: the
 // decode's wide stores have retired by the time the multiply loads them back (one row decoded
 // right before its own multiply stalled it, benchmarks/results/openvino_sparse_kernels.md).
-template <class Simd, int NACC>
+template <class Simd, int NACC, class V>
 void many_rows_block(const Packed& w, const float* x, size_t m0, size_t mb, float* y, const ParallelFor& parallel) {
     constexpr size_t S = Simd::kLanes * NACC;  // stride of one column of transposed x
     constexpr size_t kTilesPerTask = kNTile / kMaskRows;
@@ -110,40 +112,48 @@ void many_rows_block(const Packed& w, const float* x, size_t m0, size_t mb, floa
         AlignedFloats yt = aligned_floats((t1 - t0) * kMaskRows * S);
         std::vector<int32_t> idx(kMaskRows * len);
         std::vector<float> val(kMaskRows * len);
-        std::vector<const float*> cursor(t1 - t0);
+        std::vector<const uint8_t*> cursor(t1 - t0);
         for (size_t t = t0; t < t1; ++t) cursor[t - t0] = w.data + w.tileptr[t];
         size_t cnt[kMaskRows];
         const float* v[kMaskRows];
         for (size_t g0 = 0; g0 < w.groups; g0 += kb_groups) {
             const size_t g1 = std::min(w.groups, g0 + kb_groups);
             for (size_t t = t0; t < t1; ++t) {
-                cursor[t - t0] = decode_tile<Simd, S>(cursor[t - t0], g0, g1, len, idx.data(), val.data(), cnt, v);
+                cursor[t - t0] = decode_tile<Simd, S, V>(cursor[t - t0], g0, g1, len, idx.data(), val.data(), cnt, v);
                 for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < n1; ++r)
                     Simd::template rows<NACC>(v[r], idx.data() + r * len, cnt[r], xt.get(),
                                               yt.get() + ((t - t0) * kMaskRows + r) * S);
             }
         }
         for (size_t r = 0; r < mb; ++r)  // y row by row: a write per row of W per row of y touches a page each
-            for (size_t n = n0; n < n1; ++n) y[(m0 + r) * w.n + n] = yt[(n - n0) * S + r];
+            for (size_t n = n0; n < n1; ++n) y[(m0 + r) * w.n + n] = yt[(n - n0) * S + r] * row_scale(w, n);
     });
 }
 
-template <class Simd>
-void many_rows(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
+template <class Simd, class V>
+void many_rows_values(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
     constexpr size_t kMaxRows = Simd::kLanes * 8;
     for (size_t m0 = 0; m0 < m; m0 += kMaxRows) {
         const size_t mb = std::min(kMaxRows, m - m0);
         switch ((mb + Simd::kLanes - 1) / Simd::kLanes) {
-            case 1: many_rows_block<Simd, 1>(w, x, m0, mb, y, parallel); break;
-            case 2: many_rows_block<Simd, 2>(w, x, m0, mb, y, parallel); break;
-            case 3: many_rows_block<Simd, 3>(w, x, m0, mb, y, parallel); break;
-            case 4: many_rows_block<Simd, 4>(w, x, m0, mb, y, parallel); break;
-            case 5: many_rows_block<Simd, 5>(w, x, m0, mb, y, parallel); break;
-            case 6: many_rows_block<Simd, 6>(w, x, m0, mb, y, parallel); break;
-            case 7: many_rows_block<Simd, 7>(w, x, m0, mb, y, parallel); break;
-            default: many_rows_block<Simd, 8>(w, x, m0, mb, y, parallel); break;
+            case 1: many_rows_block<Simd, 1, V>(w, x, m0, mb, y, parallel); break;
+            case 2: many_rows_block<Simd, 2, V>(w, x, m0, mb, y, parallel); break;
+            case 3: many_rows_block<Simd, 3, V>(w, x, m0, mb, y, parallel); break;
+            case 4: many_rows_block<Simd, 4, V>(w, x, m0, mb, y, parallel); break;
+            case 5: many_rows_block<Simd, 5, V>(w, x, m0, mb, y, parallel); break;
+            case 6: many_rows_block<Simd, 6, V>(w, x, m0, mb, y, parallel); break;
+            case 7: many_rows_block<Simd, 7, V>(w, x, m0, mb, y, parallel); break;
+            default: many_rows_block<Simd, 8, V>(w, x, m0, mb, y, parallel); break;
         }
     }
+}
+
+template <class Simd>
+void many_rows(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
+    if (w.values == Values::i8)
+        many_rows_values<Simd, int8_t>(w, x, m, y, parallel);
+    else
+        many_rows_values<Simd, float>(w, x, m, y, parallel);
 }
 
 }  // namespace

@@ -4,7 +4,9 @@
 // SparseMatMul(x, packed) with the weight packed once, here, when the model is read; every
 // other MatMul (attention, OATS's dense low-rank factors, OSSCAR's sliced weights, weights
 // too dense to gain) stays OpenVINO's own. So one standard ONNX file serves ONNX Runtime,
-// DeepSparse and OpenVINO alike: no custom-domain nodes in the artifact.
+// DeepSparse and OpenVINO alike: no custom-domain nodes in the artifact. A weight whose every
+// row lies on its symmetric int8 grid (quantized per row, stored dequantized in the artifact)
+// is packed with int8 values: the same numbers in a quarter of the value bytes.
 //
 // Environment, read at conversion time:
 //   SPARSE_DEPLOY_OV_MIN_SPARSITY  share of zeros from which a weight goes sparse (default below)
@@ -39,8 +41,13 @@ public:
 
     SparseMatMul() = default;
     SparseMatMul(const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& packed, int64_t n, int64_t k,
-                 std::string isa, std::string weight)
-        : Op({x, packed}), m_n(n), m_k(k), m_isa(std::move(isa)), m_weight(std::move(weight)) {
+                 std::string isa, std::string weight, std::string values)
+        : Op({x, packed}),
+          m_n(n),
+          m_k(k),
+          m_isa(std::move(isa)),
+          m_weight(std::move(weight)),
+          m_values(std::move(values)) {
         constructor_validate_and_infer_types();
     }
 
@@ -60,7 +67,7 @@ public:
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
-        return std::make_shared<SparseMatMul>(args[0], args[1], m_n, m_k, m_isa, m_weight);
+        return std::make_shared<SparseMatMul>(args[0], args[1], m_n, m_k, m_isa, m_weight, m_values);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -68,6 +75,7 @@ public:
         visitor.on_attribute("k", m_k);
         visitor.on_attribute("isa", m_isa);
         visitor.on_attribute("weight", m_weight);
+        visitor.on_attribute("values", m_values);
         return true;
     }
 
@@ -90,6 +98,7 @@ private:
     int64_t m_n = 0, m_k = 0;
     std::string m_isa = "scalar";
     std::string m_weight;
+    std::string m_values = "f32";  // how the packed weight stores its non-zeros: f32 or int8
 };
 
 namespace {
@@ -117,10 +126,11 @@ ov::OutputVector convert_matmul(const ov::frontend::NodeContext& ctx) {
         size_t zeros = 0;
         for (size_t i = 0; i < k * n; ++i) zeros += data[i] == 0.0f;
         if (k * n > 0 && double(zeros) / double(k * n) >= min_sparsity()) {
-            const std::vector<uint8_t> blob = pack(data, n, k, /*transposed=*/true);
+            const bool i8 = int8_grid(data, n, k, /*transposed=*/true);
+            const std::vector<uint8_t> blob = pack(data, n, k, /*transposed=*/true, i8 ? Values::i8 : Values::f32);
             auto packed = std::make_shared<ov::op::v0::Constant>(ov::element::u8, ov::Shape{blob.size()}, blob.data());
             auto op = std::make_shared<SparseMatMul>(x, packed, int64_t(n), int64_t(k), chosen_isa(),
-                                                     weight->get_friendly_name());
+                                                     weight->get_friendly_name(), i8 ? "int8" : "f32");
             return {op};
         }
     }

@@ -2,6 +2,7 @@
 #include "sparse_format.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -12,14 +13,42 @@ size_t align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 }  // namespace
 
-std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed) {
+namespace {
+
+constexpr float kInt8Max = 127.0f;
+
+// Per-row max |w|, scanning W in its stored order.
+std::vector<float> row_absmax(const float* w, size_t n, size_t k, bool transposed) {
+    std::vector<float> m(n, 0.0f);
+    for (size_t i = 0; i < n * k; ++i) {
+        const size_t row = transposed ? i % n : i / k;
+        m[row] = std::max(m[row], std::fabs(w[i]));
+    }
+    return m;
+}
+
+}  // namespace
+
+bool int8_grid(const float* w, size_t n, size_t k, bool transposed) {
+    const std::vector<float> m = row_absmax(w, n, k, transposed);
+    for (size_t i = 0; i < n * k; ++i) {
+        const float scale = m[transposed ? i % n : i / k] / kInt8Max;
+        if (w[i] == 0.0f) continue;
+        const float q = w[i] / scale;
+        if (!std::isfinite(q) || std::fabs(q - std::nearbyint(q)) > 1e-3f) return false;
+    }
+    return true;
+}
+
+std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed, Values values) {
     const size_t chunks = (k + kChunk - 1) / kChunk;
     const size_t groups = (chunks + kMaskChunks - 1) / kMaskChunks;
     const size_t tiles = (n + kMaskRows - 1) / kMaskRows;
+    const size_t vb = size_t(values);
     constexpr size_t kGroupCols = kMaskChunks * kChunk;
 
     // Two passes over W in its stored order (Wᵀ is scanned along its rows, never strided):
-    // bitmaps and counts per (row, group), then the values into their segments.
+    // bitmaps per (row, group), then the values into their segments.
     std::vector<uint64_t> masks(n * groups, 0), cursor(n * groups, 0);
     const auto visit = [&](auto&& f) {
         if (transposed) {
@@ -33,6 +62,7 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed) {
     uint64_t nnz = 0;
     visit([&](size_t row, size_t col, float v) {
         if (v == 0.0f) return;
+        if (values == Values::i8 && !std::isfinite(v)) throw std::runtime_error("weight holds inf or nan: no int8 grid");
         masks[row * groups + col / kGroupCols] |= uint64_t(1) << (col % kGroupCols);
         ++nnz;
     });
@@ -46,34 +76,49 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed) {
     h.nnz = nnz;
     h.tiles = tiles;
     h.groups = groups;
-    const size_t data_floats = tiles * groups * kRecordHead + nnz + kValuePad;
+    h.value_bytes = vb;
     h.off_tileptr = align64(sizeof(Header));
-    h.off_data = h.off_tileptr + align64((tiles + 1) * sizeof(uint64_t));
-    h.total = h.off_data + align64(data_floats * sizeof(float));
+    h.off_scales = h.off_tileptr + align64((tiles + 1) * sizeof(uint64_t));
+    h.off_data = h.off_scales + (values == Values::i8 ? align64(n * sizeof(float)) : 0);
+    h.total = h.off_data + align64(tiles * groups * kRecordHead + (nnz + kValuePad) * vb);
 
     std::vector<uint8_t> blob(h.total, 0);
     std::memcpy(blob.data(), &h, sizeof(h));
     auto* tileptr = reinterpret_cast<uint64_t*>(blob.data() + h.off_tileptr);
-    auto* data = reinterpret_cast<float*>(blob.data() + h.off_data);
-    uint64_t pos = 0;  // in floats
+    uint8_t* data = blob.data() + h.off_data;
+    uint64_t pos = 0;  // in bytes
     for (size_t t = 0; t < tiles; ++t) {
         tileptr[t] = pos;
         for (size_t g = 0; g < groups; ++g) {
-            float* record = data + pos;
+            uint8_t* record = data + pos;
             pos += kRecordHead;
             for (size_t r = 0; r < kMaskRows; ++r) {
                 const size_t row = t * kMaskRows + r;
                 const uint64_t bits = row < n ? masks[row * groups + g] : 0;
-                std::memcpy(record + 2 * r, &bits, sizeof bits);
+                std::memcpy(record + sizeof(uint64_t) * r, &bits, sizeof bits);
                 if (row < n) cursor[row * groups + g] = pos;
-                pos += uint64_t(__builtin_popcountll(bits));
+                pos += uint64_t(__builtin_popcountll(bits)) * vb;
             }
         }
     }
     tileptr[tiles] = pos;
-    visit([&](size_t row, size_t col, float v) {
-        if (v != 0.0f) data[cursor[row * groups + col / kGroupCols]++] = v;
-    });
+    if (values == Values::f32) {
+        visit([&](size_t row, size_t col, float v) {
+            if (v == 0.0f) return;
+            uint64_t& at = cursor[row * groups + col / kGroupCols];
+            std::memcpy(data + at, &v, sizeof v);
+            at += sizeof v;
+        });
+    } else {
+        std::vector<float> scale = row_absmax(w, n, k, transposed);
+        for (float& sc : scale) sc /= kInt8Max;
+        std::memcpy(blob.data() + h.off_scales, scale.data(), n * sizeof(float));
+        visit([&](size_t row, size_t col, float v) {
+            if (v == 0.0f) return;
+            const float q = std::clamp(std::nearbyint(v / scale[row]), -kInt8Max, kInt8Max);
+            data[cursor[row * groups + col / kGroupCols]++] = uint8_t(int8_t(q));
+        });
+    }
     return blob;
 }
 
@@ -84,11 +129,15 @@ Packed view(const uint8_t* blob, size_t size) {
     if (h->version != kVersion)
         throw std::runtime_error("sparse weight blob of format version " + std::to_string(h->version) + ", this library reads " +
                                  std::to_string(kVersion));
+    if (h->value_bytes != size_t(Values::f32) && h->value_bytes != size_t(Values::i8))
+        throw std::runtime_error("sparse weight blob with " + std::to_string(h->value_bytes) + "-byte values");
     const uint64_t records = h->tiles * h->groups * kRecordHead;
+    const bool i8 = h->value_bytes == size_t(Values::i8);
     if (h->total != size || h->chunks != (h->k + kChunk - 1) / kChunk ||
         h->groups != (h->chunks + kMaskChunks - 1) / kMaskChunks || h->tiles != (h->n + kMaskRows - 1) / kMaskRows ||
-        h->off_tileptr + (h->tiles + 1) * sizeof(uint64_t) > h->off_data ||
-        h->off_data + (records + h->nnz + kValuePad) * sizeof(float) > size)
+        h->off_tileptr + (h->tiles + 1) * sizeof(uint64_t) > h->off_scales ||
+        (i8 ? h->off_scales + h->n * sizeof(float) : h->off_scales) > h->off_data ||
+        h->off_data + records + (h->nnz + kValuePad) * h->value_bytes > size)
         throw std::runtime_error("sparse weight blob sizes do not add up");
     Packed p;
     p.h = h;
@@ -97,9 +146,11 @@ Packed view(const uint8_t* blob, size_t size) {
     p.chunks = h->chunks;
     p.groups = h->groups;
     p.tiles = h->tiles;
+    p.values = Values(h->value_bytes);
     p.tileptr = reinterpret_cast<const uint64_t*>(blob + h->off_tileptr);
-    p.data = reinterpret_cast<const float*>(blob + h->off_data);
-    if (p.tileptr[0] != 0 || p.tileptr[p.tiles] != records + h->nnz)
+    p.scales = i8 ? reinterpret_cast<const float*>(blob + h->off_scales) : nullptr;
+    p.data = blob + h->off_data;
+    if (p.tileptr[0] != 0 || p.tileptr[p.tiles] != records + h->nnz * h->value_bytes)
         throw std::runtime_error("sparse weight blob tile pointers do not add up");
     return p;
 }
@@ -153,30 +204,44 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, Isa isa, const 
 
 namespace scalar {
 
+namespace {
+
+inline float value_at(const uint8_t* v, Values values) {
+    if (values == Values::i8) return float(int8_t(*v));
+    float f;
+    std::memcpy(&f, v, sizeof f);
+    return f;
+}
+
+}  // namespace
+
 // The reference: every other path is tested against this one. Tile by tile, group record by
-// group record, row by row, set bit by set bit: no blocking, no tricks.
+// group record, row by row, set bit by set bit: no blocking, no tricks. int8 values are summed
+// as integers-in-float and the row's sum scaled once, as the SIMD paths do.
 void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
-    const size_t per_task = kRowTile / kMaskRows;
+    const size_t per_task = kRowTile / kMaskRows, vb = size_t(w.values);
     parallel((w.tiles + per_task - 1) / per_task, [&](size_t task) {
         std::vector<float> acc(m * kMaskRows);
         for (size_t t = task * per_task; t < std::min(w.tiles, (task + 1) * per_task); ++t) {
             std::fill(acc.begin(), acc.end(), 0.0f);
-            const float* q = w.data + w.tileptr[t];
+            const uint8_t* q = w.data + w.tileptr[t];
             for (size_t g = 0; g < w.groups; ++g) {
-                const float* v = q + kRecordHead;
+                const uint8_t* v = q + kRecordHead;
                 for (size_t r = 0; r < kMaskRows; ++r) {
                     uint64_t bits = record_mask(q, r);
                     while (bits) {
                         const size_t col = g * kMaskChunks * kChunk + size_t(__builtin_ctzll(bits));
-                        for (size_t i = 0; i < m; ++i) acc[i * kMaskRows + r] += *v * x[i * w.k + col];
-                        ++v;
+                        const float value = value_at(v, w.values);
+                        for (size_t i = 0; i < m; ++i) acc[i * kMaskRows + r] += value * x[i * w.k + col];
+                        v += vb;
                         bits &= bits - 1;
                     }
                 }
                 q = v;
             }
             for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < w.n; ++r)
-                for (size_t i = 0; i < m; ++i) y[i * w.n + t * kMaskRows + r] = acc[i * kMaskRows + r];
+                for (size_t i = 0; i < m; ++i)
+                    y[i * w.n + t * kMaskRows + r] = acc[i * kMaskRows + r] * row_scale(w, t * kMaskRows + r);
         }
     });
 }

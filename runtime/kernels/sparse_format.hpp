@@ -6,25 +6,29 @@
 // kMaskChunks (4) chunks, and the weight is one stream of group records, tile by tile:
 //
 //   tile t, group g:  8 x u64 bitmaps (row r's four chunk bitmaps, chunk j in bits 16j..16j+15)
-//                     then row 0's non-zeros of the group, row 1's, ..., row 7's (f32)
+//                     then row 0's non-zeros of the group, row 1's, ..., row 7's
+//
+// The non-zeros are f32, or int8 with one f32 scale per row (w = scale[n] * q, symmetric,
+// |q| <= 127): Values::i8, for weights that were quantized that way (issue: sparse + int8).
 //
 // Why one stream: the one-row kernel reads a tile front to back, so the hardware and one
 // software prefetch pointer see a single sequential stream per thread. With the bitmaps in
 // their own array and a value stream per row (version 1: nine streams per thread) the same
 // kernel waited on memory far below the bandwidth a dense loop gets (the kernel sweep before
-// and after: benchmarks/results/openvino_sparse_kernels.md). Bytes per logical weight: 2/16 = 0.125 for the
-// bitmaps + 4 (1 - s) for the values (+ 1/K for the tile pointers): 1.33 at 70% instead of
-// 4, a bandwidth ceiling of 3.0x over dense.
+// and after: benchmarks/results/openvino_sparse_kernels.md). Bytes per logical weight: 2/16 =
+// 0.125 for the bitmaps + 4 (1 - s) for f32 values, 1 (1 - s) for int8 ones (+ 1/K for the
+// tile pointers, 4/K for int8's scales): 1.33 at 70% instead of 4 (a bandwidth ceiling of
+// 3.0x over dense f32), 0.43 with int8 values (2.35x over dense int8).
 // Why a bitmap and not column indices: batch-1 decode is bound by the bytes it streams, and a
 // bitmap is the cheapest index there is at the sparsities we serve (a 16-bit column index
-// costs 2 (1 - s) bytes, more than 0.125 below 94% sparsity). AVX-512 compresses x's chunk
-// under the bitmap with one instruction (vcompressps); AVX2 permutes from a 256-entry table.
+// costs 2 (1 - s) bytes, more than 0.125 below 94% sparsity). AVX-512 expands a chunk's values
+// under the bitmap with one instruction (vexpandps); AVX2 permutes from a 256-entry table.
 //
 // Everything lives in one byte blob (64-byte aligned sections), so that a graph can carry the
-// packed weight as one u8 constant: header, tileptr u64[tiles + 1] (offsets of the tiles'
-// first records, in floats), data f32[records + kValuePad] (the padding lets a kernel load 16
-// values past the last one). Rows past N in the last tile and chunks past K in the last group
-// have empty bitmaps.
+// packed weight as one u8 constant: header, tileptr u64[tiles + 1] (byte offsets of the tiles'
+// first records), scales f32[N] (int8 only), data (records + kValuePad values: the padding
+// lets a kernel load 16 values past the last one). Rows past N in the last tile and chunks
+// past K in the last group have empty bitmaps.
 #pragma once
 
 #include <cstddef>
@@ -42,20 +46,25 @@ constexpr size_t kChunk = 16;            // columns per bitmap chunk
 constexpr size_t kValuePad = 16;
 constexpr size_t kMaskRows = 8;    // rows per tile
 constexpr size_t kMaskChunks = 4;  // chunks per group (one u64 of bitmaps per row)
-constexpr size_t kRecordHead = kMaskRows * sizeof(uint64_t) / sizeof(float);  // floats of bitmaps per record
+constexpr size_t kRecordHead = kMaskRows * sizeof(uint64_t);  // bytes of bitmaps per record
+
+// How the non-zeros are stored (the value: bytes per non-zero).
+enum class Values : uint32_t { f32 = 4, i8 = 1 };
 
 struct Header {
     uint32_t magic;
     uint32_t version;
-    uint64_t n, k, chunks, nnz, tiles, groups;
-    uint64_t off_tileptr, off_data, total;
+    uint64_t n, k, chunks, nnz, tiles, groups, value_bytes;
+    uint64_t off_tileptr, off_scales, off_data, total;
 };
 
 // A read-only view of a packed blob (no copy).
 struct Packed {
     const Header* h = nullptr;
     const uint64_t* tileptr = nullptr;
-    const float* data = nullptr;
+    const uint8_t* data = nullptr;
+    const float* scales = nullptr;  // int8 values only
+    Values values = Values::f32;
     size_t n = 0, k = 0, chunks = 0, groups = 0, tiles = 0;
 };
 
@@ -64,30 +73,41 @@ struct Packed {
 namespace {
 
 // Row r's four chunk bitmaps in the group record at q.
-inline uint64_t record_mask(const float* q, size_t r) {
+inline uint64_t record_mask(const uint8_t* q, size_t r) {
     uint64_t bits;
-    std::memcpy(&bits, q + 2 * r, sizeof bits);
+    std::memcpy(&bits, q + sizeof(uint64_t) * r, sizeof bits);
     return bits;
 }
 
-// Where each row's non-zeros start in the group record at q (p[kMaskRows]: the next record).
-inline void record_rows(const float* q, const float* p[kMaskRows + 1]) {
-    p[0] = q + kRecordHead;
+// Where each row's non-zeros (of type V) start in the group record at q (p[kMaskRows]: the
+// next record).
+template <class V>
+inline void record_rows(const uint8_t* q, const V* p[kMaskRows + 1]) {
+    p[0] = reinterpret_cast<const V*>(q + kRecordHead);
     for (size_t r = 0; r < kMaskRows; ++r) p[r + 1] = p[r] + __builtin_popcountll(record_mask(q, r));
 }
 
 // A tile is one stream: ask for every line of it once, `ahead` bytes before the reader
 // reaches it (`next`: the first line not yet asked for; `end`: where the reader is now).
-inline void prefetch_ahead(const char*& next, const float* end, size_t ahead) {
-    for (const char* target = reinterpret_cast<const char*>(end) + ahead; next < target; next += 64)
+inline void prefetch_ahead(const char*& next, const void* end, size_t ahead) {
+    for (const char* target = static_cast<const char*>(end) + ahead; next < target; next += 64)
         __builtin_prefetch(next, 0, 3);
 }
+
+// The scale of row n's values (1 for f32 values).
+inline float row_scale(const Packed& w, size_t n) { return w.scales ? w.scales[n] : 1.0f; }
 
 }  // namespace
 
 // Pack a dense weight given as W (N x K, row-major) or as Wᵀ (K x N, row-major: how an ONNX
-// MatMul stores it; transposed=true). Returns the blob.
-std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed);
+// MatMul stores it; transposed=true). Returns the blob. Values::i8 rounds each row to the
+// grid scale * q with scale = max |w[n, :]| / 127: exact for a weight already on that grid
+// (int8_grid), a round-to-nearest quantization otherwise.
+std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed, Values values = Values::f32);
+
+// Whether every row of W lies on its int8 grid (above), to within float rounding: a weight that
+// was quantized per row, symmetric, and stored dequantized (how the artifact carries it).
+bool int8_grid(const float* w, size_t n, size_t k, bool transposed);
 
 // View a blob; throws std::runtime_error when it is not one (wrong magic, sizes that do not add up).
 Packed view(const uint8_t* blob, size_t size);
