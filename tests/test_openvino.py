@@ -130,10 +130,11 @@ def test_a_cpu_without_avx2_is_warned_about_the_scalar_path(llama_artifact, monk
     assert any("no AVX2" in r.getMessage() for r in caplog.records)
 
 
-def test_weights_on_an_int8_grid_run_int8_values_and_match_onnxruntime(llama_artifact, tmp_path):
-    """A pruned weight quantized per output channel (symmetric int8) and stored dequantized, as
-    the artifact carries it, is packed with int8 values: same logits as ONNX Runtime running
-    the very same f32 graph (ATOL), and the op says which weights it packed that way."""
+def test_weights_on_an_int8_grid_run_int8_values_and_match_onnxruntime(llama_artifact, tmp_path, monkeypatch):
+    """With SPARSE_DEPLOY_OV_VALUES=int8, a pruned weight quantized per output channel
+    (symmetric int8) and stored dequantized, as the artifact carries it, is packed with int8
+    values: same logits as ONNX Runtime running the very same f32 graph (ATOL), and the op says
+    which weights it packed that way. A weight off its grid keeps f32 values (never rounded)."""
     import onnx
     from onnx import numpy_helper
 
@@ -151,6 +152,9 @@ def test_weights_on_an_int8_grid_run_int8_values_and_match_onnxruntime(llama_art
     onnx.save(model, str(graph))
     feeds = {"input_ids": _ids(16)}
     expected = ort_run(session(graph), feeds)[0]
+    _, default = _ov_logits(graph, feeds)
+    assert default.values == {"f32": default.sparse}
+    monkeypatch.setenv("SPARSE_DEPLOY_OV_VALUES", "int8")
     logits, ops = _ov_logits(graph, feeds)
     assert quantized >= 14 and ops.values == {"int8": ops.sparse} and ops.sparse >= 14
     assert np.abs(logits - expected).max() < ATOL

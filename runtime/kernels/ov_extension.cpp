@@ -4,13 +4,17 @@
 // SparseMatMul(x, packed) with the weight packed once, here, when the model is read; every
 // other MatMul (attention, OATS's dense low-rank factors, OSSCAR's sliced weights, weights
 // too dense to gain) stays OpenVINO's own. So one standard ONNX file serves ONNX Runtime,
-// DeepSparse and OpenVINO alike: no custom-domain nodes in the artifact. A weight whose every
-// row lies on its symmetric int8 grid (quantized per row, stored dequantized in the artifact)
-// is packed with int8 values: the same numbers in a quarter of the value bytes.
+// DeepSparse and OpenVINO alike: no custom-domain nodes in the artifact. With
+// SPARSE_DEPLOY_OV_VALUES=int8, a weight whose every row lies on its symmetric int8 grid
+// (quantized per row, stored dequantized in the artifact) is packed with int8 values: the same
+// numbers in a quarter of the value bytes. Not the default: with f32 activations the int8
+// kernels are bound by per-chunk work (widening int8 to f32), not memory, and measured no
+// faster than f32 values at one row (docs/kernels.md); what they buy is resident memory.
 //
 // Environment, read at conversion time:
 //   SPARSE_DEPLOY_OV_MIN_SPARSITY  share of zeros from which a weight goes sparse (default below)
 //   SPARSE_DEPLOY_OV_ISA           auto | avx512 | avx2 | scalar (auto: the widest this CPU runs)
+//   SPARSE_DEPLOY_OV_VALUES        f32 (default) | int8 (weights on their int8 grid packed int8)
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -108,6 +112,13 @@ double min_sparsity() {
     return s && *s ? std::atof(s) : kDefaultMinSparsity;
 }
 
+bool int8_values() {
+    const char* s = std::getenv("SPARSE_DEPLOY_OV_VALUES");
+    const std::string name = s && *s ? s : "f32";
+    if (name != "f32" && name != "int8") throw std::runtime_error("SPARSE_DEPLOY_OV_VALUES=" + name + ": choose f32 or int8");
+    return name == "int8";
+}
+
 std::string chosen_isa() {
     const char* s = std::getenv("SPARSE_DEPLOY_OV_ISA");
     const std::string name = s && *s ? s : "auto";
@@ -126,7 +137,7 @@ ov::OutputVector convert_matmul(const ov::frontend::NodeContext& ctx) {
         size_t zeros = 0;
         for (size_t i = 0; i < k * n; ++i) zeros += data[i] == 0.0f;
         if (k * n > 0 && double(zeros) / double(k * n) >= min_sparsity()) {
-            const bool i8 = int8_grid(data, n, k, /*transposed=*/true);
+            const bool i8 = int8_values() && int8_grid(data, n, k, /*transposed=*/true);
             const std::vector<uint8_t> blob = pack(data, n, k, /*transposed=*/true, i8 ? Values::i8 : Values::f32);
             auto packed = std::make_shared<ov::op::v0::Constant>(ov::element::u8, ov::Shape{blob.size()}, blob.data());
             auto op = std::make_shared<SparseMatMul>(x, packed, int64_t(n), int64_t(k), chosen_isa(),

@@ -80,7 +80,7 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed, V
     h.off_tileptr = align64(sizeof(Header));
     h.off_scales = h.off_tileptr + align64((tiles + 1) * sizeof(uint64_t));
     h.off_data = h.off_scales + (values == Values::i8 ? align64(n * sizeof(float)) : 0);
-    h.total = h.off_data + align64(tiles * groups * kRecordHead + (nnz + kValuePad) * vb);
+    h.total = h.off_data + align64(tiles * groups * kRecordHead + nnz * vb + kDataPad);
 
     std::vector<uint8_t> blob(h.total, 0);
     std::memcpy(blob.data(), &h, sizeof(h));
@@ -137,7 +137,7 @@ Packed view(const uint8_t* blob, size_t size) {
         h->groups != (h->chunks + kMaskChunks - 1) / kMaskChunks || h->tiles != (h->n + kMaskRows - 1) / kMaskRows ||
         h->off_tileptr + (h->tiles + 1) * sizeof(uint64_t) > h->off_scales ||
         (i8 ? h->off_scales + h->n * sizeof(float) : h->off_scales) > h->off_data ||
-        h->off_data + records + (h->nnz + kValuePad) * h->value_bytes > size)
+        h->off_data + records + h->nnz * h->value_bytes + kDataPad > size)
         throw std::runtime_error("sparse weight blob sizes do not add up");
     Packed p;
     p.h = h;

@@ -26,8 +26,8 @@
 //
 // Everything lives in one byte blob (64-byte aligned sections), so that a graph can carry the
 // packed weight as one u8 constant: header, tileptr u64[tiles + 1] (byte offsets of the tiles'
-// first records), scales f32[N] (int8 only), data (records + kValuePad values: the padding
-// lets a kernel load 16 values past the last one). Rows past N in the last tile and chunks
+// first records), scales f32[N] (int8 only), data (records + kDataPad bytes: the padding
+// lets a kernel load 64 bytes from its last value on). Rows past N in the last tile and chunks
 // past K in the last group have empty bitmaps.
 #pragma once
 
@@ -43,7 +43,7 @@ namespace sparse_deploy {
 constexpr uint32_t kMagic = 0x31575053;  // "SPW1"
 constexpr uint32_t kVersion = 2;
 constexpr size_t kChunk = 16;            // columns per bitmap chunk
-constexpr size_t kValuePad = 16;
+constexpr size_t kDataPad = 64;  // bytes after the last value: a kernel loads up to 64 from a value on
 constexpr size_t kMaskRows = 8;    // rows per tile
 constexpr size_t kMaskChunks = 4;  // chunks per group (one u64 of bitmaps per row)
 constexpr size_t kRecordHead = kMaskRows * sizeof(uint64_t);  // bytes of bitmaps per record
