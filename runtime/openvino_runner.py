@@ -34,6 +34,7 @@ LIBRARY = KERNELS / "build" / "libsparse_deploy_ov.so"
 BUILD_COMMAND = "bash scripts/install.sh kernels"
 ISAS = ("scalar", "avx2", "avx512")  # index = the C API's Isa value
 VALUE_BYTES = {"f32": 4, "int8": 1}  # how the packed form stores the non-zeros (the C API's Values)
+Q8_PATHS = ("scalar", "avx512_vnni")  # int8 x int8 matmul paths; index = the C API's Q8Path value
 # The share of zeros from which a weight runs on the sparse op; declared here once and handed to
 # the extension (which has the same number as its fallback for other hosts). Chosen from the
 # kernel sweep (benchmarks/results/openvino_sparse_kernels.md, format v2): at 50%, the lowest
@@ -62,6 +63,7 @@ def _c_api() -> ctypes.CDLL:
     lib.sd_free.argtypes = [ctypes.c_void_p]
     lib.sd_matmul.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
                               ctypes.c_int, ctypes.c_int]
+    lib.sd_matmul_q8.argtypes = lib.sd_matmul.argtypes
     lib.sd_last_error.restype = ctypes.c_char_p
     return lib
 
@@ -74,6 +76,10 @@ def on_int8_grid(weight: np.ndarray) -> bool:
 
 def isa_supported(isa: str) -> bool:
     return bool(_c_api().sd_isa_supported(ISAS.index(isa)))
+
+
+def q8_supported(path: str) -> bool:
+    return bool(_c_api().sd_q8_supported(Q8_PATHS.index(path)))
 
 
 def best_isa() -> str:
@@ -100,14 +106,21 @@ class PackedWeight:
 
     def matmul(self, x: np.ndarray, isa: str, threaded: bool = True) -> np.ndarray:
         """x (M x K) · Wᵀ on one ISA path."""
+        return self._call(_c_api().sd_matmul, x, ISAS.index(isa), threaded)
+
+    def matmul_q8(self, x: np.ndarray, path: str, threaded: bool = True) -> np.ndarray:
+        """x (M x K) · Wᵀ with x quantized per row to 8 bits, integer dot products (int8 values
+        only; runtime/kernels/sparse_format.hpp: matmul_q8)."""
+        return self._call(_c_api().sd_matmul_q8, x, Q8_PATHS.index(path), threaded)
+
+    def _call(self, function: Any, x: np.ndarray, path: int, threaded: bool) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.k:
             raise SparseDeployError(f"x must be M x {self.k}, got {x.shape}")
         y = np.empty((x.shape[0], self.n), np.float32)
-        lib = _c_api()
-        if lib.sd_matmul(ctypes.cast(self._ptr, ctypes.c_void_p), self.nbytes, x.ctypes.data, x.shape[0],
-                         y.ctypes.data, ISAS.index(isa), int(threaded)):
-            raise SparseDeployError(lib.sd_last_error().decode())
+        if function(ctypes.cast(self._ptr, ctypes.c_void_p), self.nbytes, x.ctypes.data, x.shape[0], y.ctypes.data,
+                    path, int(threaded)):
+            raise SparseDeployError(_c_api().sd_last_error().decode())
         return y
 
     def __del__(self) -> None:

@@ -19,9 +19,10 @@ import pytest
 
 from pipeline.errors import SparseDeployError
 from runtime import openvino_runner
-from runtime.openvino_runner import ISAS, PackedWeight, isa_supported, on_int8_grid
+from runtime.openvino_runner import ISAS, Q8_PATHS, PackedWeight, isa_supported, on_int8_grid, q8_supported
 
 PATHS = [isa for isa in ISAS if isa_supported(isa)]
+Q8 = [path for path in Q8_PATHS if q8_supported(path)]
 SHAPES = [  # (N, K, M, sparsity)
     (19, 37, 1, 0.7), (4, 16, 1, 0.0), (67, 100, 1, 0.5), (130, 529, 1, 0.9), (9, 33, 2, 0.7),
     (65, 100, 17, 0.5), (130, 600, 129, 0.9), (8, 33, 200, 1.0), (70, 47, 3, 0.3), (33, 1000, 65, 0.8),
@@ -88,6 +89,41 @@ def test_int8_rounds_a_weight_off_its_grid_to_nearest_and_knows_it():
             y = packed.matmul(rows, isa, threaded=False)
             assert np.all(np.abs(y - rows.astype(np.float64) @ w.T.astype(np.float64)) <= bound[: len(rows)]), isa
     assert packed.nbytes < PackedWeight(w).nbytes / 2.5  # 1 byte per non-zero instead of 4
+
+
+def _q8_expected(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """matmul_q8 in numpy: x per row to u8 (scale max |x_i| / 127, zero point 128), W's int8 grid."""
+    sx = np.abs(x).max(axis=1, keepdims=True) / 127
+    sx = np.where(sx > 0, sx, 1).astype(np.float32)
+    xq = np.clip(np.round(x / sx), -127, 127).astype(np.int64)
+    sw = np.abs(w).max(axis=1) / 127
+    wq = np.round(w / np.where(sw > 0, sw, 1)[:, None]).astype(np.int64)
+    return (xq @ wq.T).astype(np.float64) * sx.astype(np.float64) * sw[None, :].astype(np.float64)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}-K{}-M{}-s{}".format(*s))
+def test_q8_paths_match_their_reference_and_numpys_integer_sums(shape):
+    """Integer sums are exact, so every path agrees with the reference and with numpy's int64
+    sums to float rounding; and with the f32 product to within the activations' rounding (half
+    a step of x per weight: 0.5 scale_x sum |W[n, :]|)."""
+    n, k, m, sparsity = shape
+    w = _int8_grid(_weight(n, k, sparsity, seed=n + k + m))
+    x = np.random.default_rng(m + 7).standard_normal((m, k)).astype(np.float32)
+    packed = PackedWeight(w, values="int8")
+    reference = packed.matmul_q8(x, "scalar", threaded=False)
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w.T.astype(np.float64)) * 1e-6 + 1e-6
+    assert np.all(np.abs(reference - _q8_expected(x, w)) <= scale)
+    sx = np.abs(x).max(axis=1, keepdims=True) / 127
+    rounding = 0.5 * sx * np.abs(w).sum(axis=1)[None, :] * (1 + 1e-3) + scale
+    assert np.all(np.abs(reference - x.astype(np.float64) @ w.T.astype(np.float64)) <= rounding)
+    for path in Q8:
+        for threaded in (False, True):
+            assert np.all(np.abs(packed.matmul_q8(x, path, threaded=threaded) - reference) <= scale), (path, threaded)
+
+
+def test_q8_needs_int8_values():
+    with pytest.raises(SparseDeployError, match="int8 values"):
+        PackedWeight(_weight(8, 32, 0.5, seed=3)).matmul_q8(np.ones((1, 32), np.float32), "scalar")
 
 
 def test_bad_value_types_and_int8_of_inf_are_refused():

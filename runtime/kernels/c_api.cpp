@@ -12,7 +12,23 @@ void ov_parallel(size_t tasks, const std::function<void(size_t)>& f);  // ov_ext
 
 namespace {
 thread_local std::string last_error;
+
+// Runs f; an exception becomes status 1 and sd_last_error().
+template <class F>
+int guarded(F&& f) {
+    try {
+        f();
+        return 0;
+    } catch (const std::exception& e) {
+        last_error = e.what();
+        return 1;
+    }
 }
+
+sparse_deploy::ParallelFor pool(int threaded) {
+    return threaded ? sparse_deploy::ParallelFor(sparse_deploy::ov_parallel) : sparse_deploy::ParallelFor(sparse_deploy::serial_for);
+}
+}  // namespace
 
 extern "C" {
 
@@ -40,6 +56,15 @@ uint8_t* sd_pack(const float* w, size_t n, size_t k, int transposed, int value_b
 
 void sd_free(uint8_t* blob) { std::free(blob); }
 
+int sd_q8_supported(int path) { return sparse_deploy::q8_supported(sparse_deploy::Q8Path(path)) ? 1 : 0; }
+
+// y (m x n) = x (m x k) · Wᵀ with x quantized per row to 8 bits (matmul_q8); needs int8 values.
+int sd_matmul_q8(const uint8_t* blob, size_t size, const float* x, size_t m, float* y, int path, int threaded) {
+    return guarded([&] {
+        sparse_deploy::matmul_q8(sparse_deploy::view(blob, size), x, m, y, sparse_deploy::Q8Path(path), pool(threaded));
+    });
+}
+
 // 1 when every row of W lies on its per-row int8 grid (sparse_format.hpp: int8_grid).
 int sd_int8_grid(const float* w, size_t n, size_t k, int transposed) {
     return sparse_deploy::int8_grid(w, n, k, transposed != 0) ? 1 : 0;
@@ -47,16 +72,8 @@ int sd_int8_grid(const float* w, size_t n, size_t k, int transposed) {
 
 // y (m x n) = x (m x k) · Wᵀ on the given ISA path; threaded=0 runs on the calling thread.
 int sd_matmul(const uint8_t* blob, size_t size, const float* x, size_t m, float* y, int isa, int threaded) {
-    try {
-        const sparse_deploy::Packed w = sparse_deploy::view(blob, size);
-        sparse_deploy::matmul(w, x, m, y, sparse_deploy::Isa(isa),
-                              threaded ? sparse_deploy::ParallelFor(sparse_deploy::ov_parallel)
-                                       : sparse_deploy::ParallelFor(sparse_deploy::serial_for));
-        return 0;
-    } catch (const std::exception& e) {
-        last_error = e.what();
-        return 1;
-    }
+    return guarded(
+        [&] { sparse_deploy::matmul(sparse_deploy::view(blob, size), x, m, y, sparse_deploy::Isa(isa), pool(threaded)); });
 }
 
 }  // extern "C"

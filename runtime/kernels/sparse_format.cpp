@@ -79,7 +79,8 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed, V
     h.value_bytes = vb;
     h.off_tileptr = align64(sizeof(Header));
     h.off_scales = h.off_tileptr + align64((tiles + 1) * sizeof(uint64_t));
-    h.off_data = h.off_scales + (values == Values::i8 ? align64(n * sizeof(float)) : 0);
+    h.off_qsums = h.off_scales + (values == Values::i8 ? align64(n * sizeof(float)) : 0);
+    h.off_data = h.off_qsums + (values == Values::i8 ? align64(n * sizeof(int32_t)) : 0);
     h.total = h.off_data + align64(tiles * groups * kRecordHead + nnz * vb + kDataPad);
 
     std::vector<uint8_t> blob(h.total, 0);
@@ -113,10 +114,12 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed, V
         std::vector<float> scale = row_absmax(w, n, k, transposed);
         for (float& sc : scale) sc /= kInt8Max;
         std::memcpy(blob.data() + h.off_scales, scale.data(), n * sizeof(float));
+        auto* qsums = reinterpret_cast<int32_t*>(blob.data() + h.off_qsums);
         visit([&](size_t row, size_t col, float v) {
             if (v == 0.0f) return;
             const float q = std::clamp(std::nearbyint(v / scale[row]), -kInt8Max, kInt8Max);
             data[cursor[row * groups + col / kGroupCols]++] = uint8_t(int8_t(q));
+            qsums[row] += int32_t(q);
         });
     }
     return blob;
@@ -136,7 +139,8 @@ Packed view(const uint8_t* blob, size_t size) {
     if (h->total != size || h->chunks != (h->k + kChunk - 1) / kChunk ||
         h->groups != (h->chunks + kMaskChunks - 1) / kMaskChunks || h->tiles != (h->n + kMaskRows - 1) / kMaskRows ||
         h->off_tileptr + (h->tiles + 1) * sizeof(uint64_t) > h->off_scales ||
-        (i8 ? h->off_scales + h->n * sizeof(float) : h->off_scales) > h->off_data ||
+        (i8 ? h->off_scales + h->n * sizeof(float) : h->off_scales) > h->off_qsums ||
+        (i8 ? h->off_qsums + h->n * sizeof(int32_t) : h->off_qsums) > h->off_data ||
         h->off_data + records + h->nnz * h->value_bytes + kDataPad > size)
         throw std::runtime_error("sparse weight blob sizes do not add up");
     Packed p;
@@ -149,6 +153,7 @@ Packed view(const uint8_t* blob, size_t size) {
     p.values = Values(h->value_bytes);
     p.tileptr = reinterpret_cast<const uint64_t*>(blob + h->off_tileptr);
     p.scales = i8 ? reinterpret_cast<const float*>(blob + h->off_scales) : nullptr;
+    p.qsums = i8 ? reinterpret_cast<const int32_t*>(blob + h->off_qsums) : nullptr;
     p.data = blob + h->off_data;
     if (p.tileptr[0] != 0 || p.tileptr[p.tiles] != records + h->nnz * h->value_bytes)
         throw std::runtime_error("sparse weight blob tile pointers do not add up");
@@ -202,6 +207,39 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, Isa isa, const 
     }
 }
 
+const char* q8_path_name(Q8Path path) { return path == Q8Path::avx512_vnni ? "avx512_vnni" : "scalar"; }
+
+bool q8_supported(Q8Path path) {
+    __builtin_cpu_init();
+    if (path == Q8Path::scalar) return true;
+    return isa_supported(Isa::avx512) && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi2");
+}
+
+Q8Path best_q8_path() { return q8_supported(Q8Path::avx512_vnni) ? Q8Path::avx512_vnni : Q8Path::scalar; }
+
+void quantize_rows(const float* x, size_t m, size_t k, size_t stride, uint8_t* xq, float* scale) {
+    for (size_t i = 0; i < m; ++i) {
+        const float* xi = x + i * k;
+        float amax = 0.0f;
+        for (size_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(xi[c]));
+        scale[i] = amax > 0.0f && std::isfinite(amax) ? amax / kInt8Max : 1.0f;
+        uint8_t* qi = xq + i * stride;
+        for (size_t c = 0; c < k; ++c)
+            qi[c] = uint8_t(int32_t(std::clamp(std::nearbyint(xi[c] / scale[i]), -kInt8Max, kInt8Max)) + kQ8Zero);
+        std::fill(qi + k, qi + stride, uint8_t(kQ8Zero));
+    }
+}
+
+void matmul_q8(const Packed& w, const float* x, size_t m, float* y, Q8Path path, const ParallelFor& parallel) {
+    if (w.values != Values::i8) throw std::runtime_error("matmul_q8 needs a weight packed with int8 values");
+    if (!q8_supported(path)) throw std::runtime_error(std::string("this CPU cannot run the ") + q8_path_name(path) + " path");
+    if (m == 0 || w.n == 0) return;
+    if (path == Q8Path::avx512_vnni)
+        avx512_vnni::matmul_q8(w, x, m, y, parallel);
+    else
+        scalar::matmul_q8(w, x, m, y, parallel);
+}
+
 namespace scalar {
 
 namespace {
@@ -213,35 +251,63 @@ inline float value_at(const uint8_t* v, Values values) {
     return f;
 }
 
+// Every non-zero of tile t, in stored order: f(r, col, v) with r the row in the tile and v
+// pointing at the stored value. The references below are this walk and their arithmetic.
+template <class F>
+void walk_tile(const Packed& w, size_t t, F&& f) {
+    const size_t vb = size_t(w.values);
+    const uint8_t* q = w.data + w.tileptr[t];
+    for (size_t g = 0; g < w.groups; ++g) {
+        const uint8_t* v = q + kRecordHead;
+        for (size_t r = 0; r < kMaskRows; ++r)
+            for (uint64_t bits = record_mask(q, r); bits; bits &= bits - 1, v += vb)
+                f(r, g * kMaskChunks * kChunk + size_t(__builtin_ctzll(bits)), v);
+        q = v;
+    }
+}
+
+// Runs f(t) for every tile, in tasks of kRowTile rows.
+template <class F>
+void for_tiles(const Packed& w, const ParallelFor& parallel, F&& f) {
+    const size_t per_task = kRowTile / kMaskRows;
+    parallel((w.tiles + per_task - 1) / per_task, [&](size_t task) {
+        for (size_t t = task * per_task; t < std::min(w.tiles, (task + 1) * per_task); ++t) f(t);
+    });
+}
+
 }  // namespace
 
 // The reference: every other path is tested against this one. Tile by tile, group record by
 // group record, row by row, set bit by set bit: no blocking, no tricks. int8 values are summed
 // as integers-in-float and the row's sum scaled once, as the SIMD paths do.
 void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
-    const size_t per_task = kRowTile / kMaskRows, vb = size_t(w.values);
-    parallel((w.tiles + per_task - 1) / per_task, [&](size_t task) {
-        std::vector<float> acc(m * kMaskRows);
-        for (size_t t = task * per_task; t < std::min(w.tiles, (task + 1) * per_task); ++t) {
-            std::fill(acc.begin(), acc.end(), 0.0f);
-            const uint8_t* q = w.data + w.tileptr[t];
-            for (size_t g = 0; g < w.groups; ++g) {
-                const uint8_t* v = q + kRecordHead;
-                for (size_t r = 0; r < kMaskRows; ++r) {
-                    uint64_t bits = record_mask(q, r);
-                    while (bits) {
-                        const size_t col = g * kMaskChunks * kChunk + size_t(__builtin_ctzll(bits));
-                        const float value = value_at(v, w.values);
-                        for (size_t i = 0; i < m; ++i) acc[i * kMaskRows + r] += value * x[i * w.k + col];
-                        v += vb;
-                        bits &= bits - 1;
-                    }
-                }
-                q = v;
-            }
-            for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < w.n; ++r)
-                for (size_t i = 0; i < m; ++i)
-                    y[i * w.n + t * kMaskRows + r] = acc[i * kMaskRows + r] * row_scale(w, t * kMaskRows + r);
+    for_tiles(w, parallel, [&](size_t t) {
+        std::vector<float> acc(m * kMaskRows, 0.0f);
+        walk_tile(w, t, [&](size_t r, size_t col, const uint8_t* v) {
+            const float value = value_at(v, w.values);
+            for (size_t i = 0; i < m; ++i) acc[i * kMaskRows + r] += value * x[i * w.k + col];
+        });
+        for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < w.n; ++r)
+            for (size_t i = 0; i < m; ++i)
+                y[i * w.n + t * kMaskRows + r] = acc[i * kMaskRows + r] * row_scale(w, t * kMaskRows + r);
+    });
+}
+
+// The reference of matmul_q8: the same walk, integer sums.
+void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
+    const size_t stride = w.groups * kMaskChunks * kChunk;
+    std::vector<uint8_t> xq(m * stride);
+    std::vector<float> sx(m);
+    quantize_rows(x, m, w.k, stride, xq.data(), sx.data());
+    for_tiles(w, parallel, [&](size_t t) {
+        std::vector<int64_t> dot(m * kMaskRows, 0);
+        walk_tile(w, t, [&](size_t r, size_t col, const uint8_t* v) {
+            for (size_t i = 0; i < m; ++i) dot[i * kMaskRows + r] += int64_t(int8_t(*v)) * xq[i * stride + col];
+        });
+        for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < w.n; ++r) {
+            const size_t n = t * kMaskRows + r;
+            for (size_t i = 0; i < m; ++i)
+                y[i * w.n + n] = sx[i] * w.scales[n] * float(dot[i * kMaskRows + r] - int64_t(kQ8Zero) * w.qsums[n]);
         }
     });
 }

@@ -26,7 +26,7 @@
 //
 // Everything lives in one byte blob (64-byte aligned sections), so that a graph can carry the
 // packed weight as one u8 constant: header, tileptr u64[tiles + 1] (byte offsets of the tiles'
-// first records), scales f32[N] (int8 only), data (records + kDataPad bytes: the padding
+// first records), scales f32[N] and qsums i32[N] (int8 only), data (records + kDataPad bytes: the padding
 // lets a kernel load 64 bytes from its last value on). Rows past N in the last tile and chunks
 // past K in the last group have empty bitmaps.
 #pragma once
@@ -55,7 +55,7 @@ struct Header {
     uint32_t magic;
     uint32_t version;
     uint64_t n, k, chunks, nnz, tiles, groups, value_bytes;
-    uint64_t off_tileptr, off_scales, off_data, total;
+    uint64_t off_tileptr, off_scales, off_qsums, off_data, total;
 };
 
 // A read-only view of a packed blob (no copy).
@@ -64,6 +64,7 @@ struct Packed {
     const uint64_t* tileptr = nullptr;
     const uint8_t* data = nullptr;
     const float* scales = nullptr;  // int8 values only
+    const int32_t* qsums = nullptr;  // int8 values only: per row, the sum of its int8 values (for matmul_q8)
     Values values = Values::f32;
     size_t n = 0, k = 0, chunks = 0, groups = 0, tiles = 0;
 };
@@ -135,6 +136,30 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelF
 }
 namespace avx512 {
 void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel);
+}
+
+// y (M x N) = x (M x K) · Wᵀ for int8 values with x quantized too, row by row, when called
+// (dynamic, like ONNX Runtime's quantize_dynamic: scale max |x_i| / 127, u8 with zero point
+// 128): integer dot products, y = scale_x * scale_w * (Σ xq q - 128 Σ q). Not the same numbers
+// as matmul: the activations are rounded to 8 bits. Why: with f32 activations, widening int8
+// values to floats costs more per chunk than the bytes they save (docs/kernels.md); an integer
+// dot product over a whole group (vpcompressb + vpdpbusd) does 64 columns in three instructions.
+enum class Q8Path { scalar = 0, avx512_vnni = 1 };
+const char* q8_path_name(Q8Path path);
+bool q8_supported(Q8Path path);
+Q8Path best_q8_path();
+void matmul_q8(const Packed& w, const float* x, size_t m, float* y, Q8Path path, const ParallelFor& parallel);
+
+// x's rows quantized for matmul_q8: xq (m x stride bytes, columns past k left at the zero
+// point) and one scale per row.
+void quantize_rows(const float* x, size_t m, size_t k, size_t stride, uint8_t* xq, float* scale);
+constexpr int32_t kQ8Zero = 128;
+
+namespace scalar {
+void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel);
+}
+namespace avx512_vnni {
+void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel);
 }
 
 // Shared by the SIMD paths: the many-row kernels work on x transposed into column blocks.
