@@ -142,17 +142,8 @@ void row_tile(const Packed& w, const float* xp, size_t tile, float* y) {
 }
 
 void one_row(const Packed& w, const float* x, float* y, const ParallelFor& parallel) {
-    AlignedFloats xp = aligned_floats(w.groups * kMaskChunks * kChunk);  // x padded to whole groups
-    std::memcpy(xp.get(), x, w.k * sizeof(float));
-    const size_t per_task = kRowTile / kMaskRows;
-    parallel((w.tiles + per_task - 1) / per_task, [&](size_t t) {
-        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile) {
-            if (w.values == Values::i8)
-                row_tile<int8_t>(w, xp.get(), tile, y);
-            else
-                row_tile<float>(w, xp.get(), tile, y);
-        }
-    });
+    const AlignedFloats xp = padded_x(w, x);
+    with_values(w, [&](auto v) { for_tiles(w, parallel, [&](size_t t) { row_tile<decltype(v)>(w, xp.get(), t, y); }); });
 }
 
 }  // namespace

@@ -53,11 +53,7 @@ void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const Parall
     std::vector<uint8_t> xq(m * stride + 64);
     std::vector<float> sx(m);
     quantize_rows(x, m, w.k, stride, xq.data(), sx.data());
-    const size_t per_task = kRowTile / kMaskRows;
-    parallel((w.tiles + per_task - 1) / per_task, [&](size_t t) {
-        for (size_t tile = t * per_task; tile < std::min(w.tiles, (t + 1) * per_task); ++tile)
-            row_tile(w, xq.data(), stride, sx.data(), m, tile, y);
-    });
+    for_tiles(w, parallel, [&](size_t tile) { row_tile(w, xq.data(), stride, sx.data(), m, tile, y); });
 }
 
 }  // namespace sparse_deploy::avx512_vnni

@@ -42,6 +42,13 @@ inline AlignedFloats aligned_floats(size_t count) {
     return AlignedFloats(p);
 }
 
+// x padded with zeros to whole groups: the one-row kernels read x a group at a time.
+inline AlignedFloats padded_x(const Packed& w, const float* x) {
+    AlignedFloats xp = aligned_floats(w.groups * kMaskChunks * kChunk);
+    std::memcpy(xp.get(), x, w.k * sizeof(float));
+    return xp;
+}
+
 // x's rows [m0, m0 + mb) transposed into xt (column c at xt + c * S), in blocks of columns
 // whose part of xt stays in L1 while each row of x is read contiguously.
 template <size_t S>
@@ -150,10 +157,7 @@ void many_rows_values(const Packed& w, const float* x, size_t m, float* y, const
 
 template <class Simd>
 void many_rows(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
-    if (w.values == Values::i8)
-        many_rows_values<Simd, int8_t>(w, x, m, y, parallel);
-    else
-        many_rows_values<Simd, float>(w, x, m, y, parallel);
+    with_values(w, [&](auto v) { many_rows_values<Simd, decltype(v)>(w, x, m, y, parallel); });
 }
 
 }  // namespace

@@ -266,15 +266,6 @@ void walk_tile(const Packed& w, size_t t, F&& f) {
     }
 }
 
-// Runs f(t) for every tile, in tasks of kRowTile rows.
-template <class F>
-void for_tiles(const Packed& w, const ParallelFor& parallel, F&& f) {
-    const size_t per_task = kRowTile / kMaskRows;
-    parallel((w.tiles + per_task - 1) / per_task, [&](size_t task) {
-        for (size_t t = task * per_task; t < std::min(w.tiles, (task + 1) * per_task); ++t) f(t);
-    });
-}
-
 }  // namespace
 
 // The reference: every other path is tested against this one. Tile by tile, group record by

@@ -31,6 +31,7 @@
 // past K in the last group have empty bitmaps.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -166,5 +167,28 @@ void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const Parall
 constexpr size_t kRowTile = 64;       // rows of W per task (one-row path): whole tiles
 constexpr size_t kNTile = 256;            // rows of W per task (many-row path)
 constexpr size_t kXtBudget = 32 * 1024;  // bytes of transposed x per block of K: in L1 (see many_rows.hpp)
+
+// Internal linkage, as above: the tile loop and value-type dispatch every path shares.
+namespace {
+
+// Runs f(tile) for every tile of W, in tasks of kRowTile rows on `parallel`.
+template <class F>
+inline void for_tiles(const Packed& w, const ParallelFor& parallel, F&& f) {
+    const size_t per_task = kRowTile / kMaskRows;
+    parallel((w.tiles + per_task - 1) / per_task, [&](size_t task) {
+        for (size_t t = task * per_task; t < std::min(w.tiles, (task + 1) * per_task); ++t) f(t);
+    });
+}
+
+// Calls f(V{}) with V the blob's value type (float or int8_t).
+template <class F>
+inline void with_values(const Packed& w, F&& f) {
+    if (w.values == Values::i8)
+        f(int8_t{});
+    else
+        f(float{});
+}
+
+}  // namespace
 
 }  // namespace sparse_deploy
