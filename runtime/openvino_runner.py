@@ -38,8 +38,8 @@ Q8_PATHS = ("scalar", "avx512_vnni")  # int8 x int8 matmul paths; index = the C 
 # The share of zeros from which a weight runs on the sparse op; declared here once and handed to
 # the extension (which has the same number as its fallback for other hosts). Chosen from the
 # kernel sweep (benchmarks/results/openvino_sparse_kernels.md, format v2): at 50%, the lowest
-# sparsity swept, the op is ahead of the fastest dense runtime at one row (1.88x, decode) and at
-# 128 rows (1.11x, prefill); at 16 rows it is behind below 90% (0.50x at 50%, 0.73x at 70%).
+# sparsity swept, the op is ahead of the fastest dense runtime at one row (1.52x, decode) and at
+# 128 rows (1.12x, prefill); at 16 rows it is behind below 90% (0.43x at 50%, 0.78x at 70%).
 MIN_SPARSITY = 0.5
 
 
