@@ -34,7 +34,7 @@ LIBRARY = KERNELS / "build" / "libsparse_deploy_ov.so"
 BUILD_COMMAND = "bash scripts/install.sh kernels"
 ISAS = ("scalar", "avx2", "avx512")  # index = the C API's Isa value
 VALUE_BYTES = {"f32": 4, "int8": 1}  # how the packed form stores the non-zeros (the C API's Values)
-Q8_PATHS = ("scalar", "avx512_vnni")  # int8 x int8 matmul paths; index = the C API's Q8Path value
+Q8_PATHS = ("scalar", "avx512_vnni", "avx2")  # int8 x int8 matmul paths; index = the C API's Q8Path value
 # The share of zeros from which a weight runs on the sparse op; declared here once and handed to
 # the extension (which has the same number as its fallback for other hosts). Chosen from the
 # kernel sweep (benchmarks/results/openvino_sparse_kernels.md, format v2): at 50%, the lowest

@@ -8,6 +8,8 @@
 #include <immintrin.h>
 
 #include <array>
+#include <cstdlib>
+#include <vector>
 
 #include "many_rows.hpp"
 
@@ -146,11 +148,119 @@ void one_row(const Packed& w, const float* x, float* y, const ParallelFor& paral
     with_values(w, [&](auto v) { for_tiles(w, parallel, [&](size_t t) { row_tile<decltype(v)>(w, xp.get(), t, y); }); });
 }
 
+// --- matmul_q8 on AVX2 (no VNNI, no byte compress): a row's packed int8 values are moved
+// under its bitmap with vpshufb, 16 columns at a time, then multiplied with x by vpmaddubsw +
+// vpmaddwd. The shuffle's source is the chunk's first 8 values (its low half's non-zeros come
+// first) next to the 8 bytes that end at its last value (its high half's non-zeros, right-
+// aligned there), so each half's shuffle index depends on its own 8 bitmap bits only: two
+// 256-entry tables, no offset arithmetic (clear bits index 0x80, which vpshufb zeroes). The
+// 8 bytes before a chunk's end can start before the row's values: those lanes are never read.
+// vpmaddubsw takes u8 x s8 and saturates a pair's sum at 16 bits: with x as u8 (0..255, zero
+// point 128) two products can reach 64770, so x is taken signed (xq - 128, which is exactly
+// symmetric: |x| <= 127) and its sign moved onto the weight (vpsignb): |x| * (±w) pairs stay
+// below 2 * 127 * 127 = 32258. The dot is then Σ x_s8 q, with no zero-point correction. One
+// pointer walks the tile: row r's values follow row r-1's in a record, the next record row 7's.
+
+struct ShuffleTables {
+    alignas(64) std::array<uint64_t, 256> low{};   // byte j: rank of bit j, or 0x80 (clear)
+    alignas(64) std::array<uint64_t, 256> high{};  // byte j: 16 - popcount + rank of bit j, or 0x80
+    ShuffleTables() {
+        for (int b = 0; b < 256; ++b) {
+            const int count = __builtin_popcount(unsigned(b));
+            int rank = 0;
+            for (int j = 0; j < 8; ++j) {
+                const bool set = (b >> j) & 1;
+                low[b] |= uint64_t(set ? rank : 0x80) << (8 * j);
+                high[b] |= uint64_t(set ? 16 - count + rank : 0x80) << (8 * j);
+                rank += set;
+            }
+        }
+    }
+};
+const ShuffleTables& shuffle_tables() {  // on first use, from the AVX2 path only (see tables())
+    static const ShuffleTables t;
+    return t;
+}
+
+inline __m128i load_low(const void* p) { return _mm_loadl_epi64(static_cast<const __m128i*>(p)); }
+inline __m128i with_high(__m128i lo, const void* p) {
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(lo), static_cast<const double*>(p)));
+}
+
+// 16 columns' int8 weights in place (bits: their 16-bit bitmap), reading from p on.
+inline __m128i expand16(const ShuffleTables& t, uint32_t bits, const int8_t*& p) {
+    const size_t count = size_t(__builtin_popcount(bits));
+    const __m128i source = with_high(load_low(p), p + count - 8);
+    const __m128i index = with_high(load_low(&t.low[bits & 0xff]), &t.high[bits >> 8]);
+    p += count;
+    return _mm_shuffle_epi8(source, index);
+}
+
+// Eight 8-lane int32 sums to one int32 each: out[r] = Σ a[r].
+inline void hsum8(const __m256i a[kMaskRows], int32_t out[kMaskRows]) {
+    const __m256i s01 = _mm256_hadd_epi32(a[0], a[1]), s23 = _mm256_hadd_epi32(a[2], a[3]);
+    const __m256i s45 = _mm256_hadd_epi32(a[4], a[5]), s67 = _mm256_hadd_epi32(a[6], a[7]);
+    const __m256i s0123 = _mm256_hadd_epi32(s01, s23), s4567 = _mm256_hadd_epi32(s45, s67);
+    // lanes: [r0 r1 r2 r3 | r0 r1 r2 r3] halves of each; fold the two 128-bit halves
+    const __m256i lo = _mm256_permute2x128_si256(s0123, s4567, 0x20), hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi32(lo, hi));
+}
+
+// One tile of W against every row of x (xs: x_s8, xa: |x_s8|, stride bytes per row).
+void q8_tile(const Packed& w, const int8_t* xs, const uint8_t* xa, size_t stride, const float* sx, size_t m, size_t tile,
+             float* y) {
+    constexpr size_t R = kMaskRows, kGroupCols = kMaskChunks * kChunk;
+    const ShuffleTables& t = shuffle_tables();
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint8_t* start = w.data + w.tileptr[tile];
+    const char* prefetched = reinterpret_cast<const char*>(start) + kPrefetch;
+    const size_t n = tile * R;
+    for (size_t i = 0; i < m; ++i) {
+        const uint8_t* q = start;
+        __m256i a[R];
+        for (size_t r = 0; r < R; ++r) a[r] = _mm256_setzero_si256();
+        for (size_t g = 0; g < w.groups; ++g) {
+            const int8_t* p = reinterpret_cast<const int8_t*>(q + kRecordHead);
+            const size_t col = i * stride + g * kGroupCols;
+#pragma GCC unroll 8
+            for (size_t r = 0; r < R; ++r) {
+                const uint64_t bits = record_mask(q, r);
+                for (size_t h = 0; h < 2; ++h) {
+                    const __m128i lo = expand16(t, uint32_t(bits >> (32 * h)) & 0xffff, p);
+                    const __m128i hi = expand16(t, uint32_t(bits >> (32 * h + 16)) & 0xffff, p);
+                    const __m256i wv = _mm256_set_m128i(hi, lo);
+                    const __m256i s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + col + 32 * h));
+                    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + col + 32 * h));
+                    a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(wv, s)), ones));
+                }
+            }
+            if (i == 0) prefetch_ahead(prefetched, p, kPrefetch);
+            q = reinterpret_cast<const uint8_t*>(p);
+        }
+        int32_t dot[R];
+        hsum8(a, dot);
+        for (size_t r = 0; r < R && n + r < w.n; ++r) y[i * w.n + n + r] = sx[i] * w.scales[n + r] * float(dot[r]);
+    }
+}
+
 }  // namespace
 
 void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
     if (m == 1) return one_row(w, x, y, parallel);
     many_rows<Simd>(w, x, m, y, parallel);
+}
+
+void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel) {
+    const size_t stride = w.groups * kMaskChunks * kChunk;
+    std::vector<uint8_t> xq(m * stride), xa(m * stride);
+    std::vector<int8_t> xs(m * stride);
+    std::vector<float> sx(m);
+    quantize_rows(x, m, w.k, stride, xq.data(), sx.data());
+    for (size_t c = 0; c < m * stride; ++c) {
+        xs[c] = int8_t(int32_t(xq[c]) - kQ8Zero);
+        xa[c] = uint8_t(std::abs(int32_t(xs[c])));
+    }
+    for_tiles(w, parallel, [&](size_t tile) { q8_tile(w, xs.data(), xa.data(), stride, sx.data(), m, tile, y); });
 }
 
 }  // namespace sparse_deploy::avx2

@@ -207,15 +207,29 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, Isa isa, const 
     }
 }
 
-const char* q8_path_name(Q8Path path) { return path == Q8Path::avx512_vnni ? "avx512_vnni" : "scalar"; }
+const char* q8_path_name(Q8Path path) {
+    switch (path) {
+        case Q8Path::avx512_vnni: return "avx512_vnni";
+        case Q8Path::avx2: return "avx2";
+        default: return "scalar";
+    }
+}
 
 bool q8_supported(Q8Path path) {
     __builtin_cpu_init();
-    if (path == Q8Path::scalar) return true;
-    return isa_supported(Isa::avx512) && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi2");
+    switch (path) {
+        case Q8Path::avx512_vnni:
+            return isa_supported(Isa::avx512) && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi2");
+        case Q8Path::avx2: return isa_supported(Isa::avx2);
+        default: return true;
+    }
 }
 
-Q8Path best_q8_path() { return q8_supported(Q8Path::avx512_vnni) ? Q8Path::avx512_vnni : Q8Path::scalar; }
+Q8Path best_q8_path() {
+    if (q8_supported(Q8Path::avx512_vnni)) return Q8Path::avx512_vnni;
+    if (q8_supported(Q8Path::avx2)) return Q8Path::avx2;
+    return Q8Path::scalar;
+}
 
 void quantize_rows(const float* x, size_t m, size_t k, size_t stride, uint8_t* xq, float* scale) {
     for (size_t i = 0; i < m; ++i) {
@@ -234,10 +248,11 @@ void matmul_q8(const Packed& w, const float* x, size_t m, float* y, Q8Path path,
     if (w.values != Values::i8) throw std::runtime_error("matmul_q8 needs a weight packed with int8 values");
     if (!q8_supported(path)) throw std::runtime_error(std::string("this CPU cannot run the ") + q8_path_name(path) + " path");
     if (m == 0 || w.n == 0) return;
-    if (path == Q8Path::avx512_vnni)
-        avx512_vnni::matmul_q8(w, x, m, y, parallel);
-    else
-        scalar::matmul_q8(w, x, m, y, parallel);
+    switch (path) {
+        case Q8Path::avx512_vnni: avx512_vnni::matmul_q8(w, x, m, y, parallel); break;
+        case Q8Path::avx2: avx2::matmul_q8(w, x, m, y, parallel); break;
+        default: scalar::matmul_q8(w, x, m, y, parallel); break;
+    }
 }
 
 namespace scalar {

@@ -144,8 +144,9 @@ void matmul(const Packed& w, const float* x, size_t m, float* y, const ParallelF
 // 128): integer dot products, y = scale_x * scale_w * (Σ xq q - 128 Σ q). Not the same numbers
 // as matmul: the activations are rounded to 8 bits. Why: with f32 activations, widening int8
 // values to floats costs more per chunk than the bytes they save (docs/kernels.md); an integer
-// dot product over a whole group (vpcompressb + vpdpbusd) does 64 columns in three instructions.
-enum class Q8Path { scalar = 0, avx512_vnni = 1 };
+// dot product over a whole group (vpcompressb + vpdpbusd) does 64 columns in three instructions,
+// and AVX2 (vpshufb + vpmaddubsw, avx2.cpp) 32 columns in about twelve.
+enum class Q8Path { scalar = 0, avx512_vnni = 1, avx2 = 2 };
 const char* q8_path_name(Q8Path path);
 bool q8_supported(Q8Path path);
 Q8Path best_q8_path();
@@ -157,6 +158,9 @@ void quantize_rows(const float* x, size_t m, size_t k, size_t stride, uint8_t* x
 constexpr int32_t kQ8Zero = 128;
 
 namespace scalar {
+void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel);
+}
+namespace avx2 {
 void matmul_q8(const Packed& w, const float* x, size_t m, float* y, const ParallelFor& parallel);
 }
 namespace avx512_vnni {
