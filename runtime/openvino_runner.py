@@ -133,16 +133,18 @@ class PackedWeight:
 class SparseOps:
     """What the extension did to one graph: MatMuls with a constant weight on the sparse op and
     left dense (too few zeros), the ISA paths used, and how the packed weights store their
-    non-zeros (f32, or int8 for weights on a per-row int8 grid)."""
+    non-zeros (f32, or int8 for weights on a per-row int8 grid) with, for int8 ones, the
+    matmul_q8 path that small batches run on (x quantized per row, integer dot products)."""
 
     sparse: int = 0
     dense: int = 0
     isa: dict[str, int] = field(default_factory=dict)
     values: dict[str, int] = field(default_factory=dict)
+    q8: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"sparse_matmuls": self.sparse, "dense_constant_matmuls": self.dense, "isa": self.isa,
-                "values": self.values}
+                "values": self.values, "q8": self.q8}
 
 
 def _core(sparse: bool, isa: str | None, min_sparsity: float) -> Any:
@@ -176,6 +178,7 @@ def count_ops(model: Any) -> SparseOps:
     ops = SparseOps()
     isas: Counter[str] = Counter()
     values: Counter[str] = Counter()
+    q8: Counter[str] = Counter()
     for node in model.get_ordered_ops():
         kind = node.get_type_name()
         if kind == "SparseMatMul":
@@ -183,10 +186,13 @@ def count_ops(model: Any) -> SparseOps:
             attributes = node.get_attributes()
             isas[attributes["isa"]] += 1
             values[attributes["values"]] += 1
+            if attributes["q8"]:
+                q8[attributes["q8"]] += 1
         elif kind == "MatMul" and node.input_value(1).get_node().get_type_name() == "Constant":
             ops.dense += 1
     ops.isa = dict(isas)
     ops.values = dict(values)
+    ops.q8 = dict(q8)
     return ops
 
 

@@ -5,6 +5,7 @@
     calibration: {source: c4, samples: 64, seq_len: 512, seed: 0}
     prune:                          # applied in order (OSSCAR then OATS, ...)
       - {method: wanda, sparsity: 0.5, owl: {m: 5, lam: 0.08}}
+    quantize: {bits: 8, granularity: channel, method: rtn}   # optional, after every prune step
     evaluate: {source: wiki, windows: 16, seq_len: 512}
     export: {parity_windows: 4, parity_seq_len: 256}
     benchmark: {runtimes: [deepsparse, onnxruntime], seq_len: 128, past: 127, repetitions: 10}
@@ -30,6 +31,7 @@ from pipeline.evaluate import EVAL_SEQ_LEN, EVAL_SOURCE, EVAL_WINDOWS
 from pipeline.models import load_config
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, check_calibration_source, check_sparsity
+from pipeline.quantize import QuantizeConfig
 from pipeline.pruners import PRUNERS, build_pruner
 from runtime.bench import FLAVOURS, RUNTIMES, BenchSettings
 
@@ -79,6 +81,7 @@ class Recipe:
     model: str
     prune: tuple[PruneStep, ...]
     calibration: CalibrationConfig = CalibrationConfig()
+    quantize: QuantizeConfig | None = None
     evaluate: Evaluate | None = Evaluate()
     export: Export = Export()
     benchmark: Benchmark | None = Benchmark()
@@ -157,6 +160,9 @@ def _prune_step(value: Any, key: str) -> PruneStep:
     if unknown:
         raise _fail(f"{key}.{unknown[0]}", f"not a known key; allowed: {', '.join(allowed)}")
     method = data.get("method")
+    if method == "quantize":
+        raise _fail(f"{key}.method", "quantize is not a pruning method: give it as the recipe's own "
+                                     "'quantize:' section, which applies after every prune step")
     if method not in PRUNERS:
         raise _fail(f"{key}.method", f"expected one of {', '.join(sorted(PRUNERS))}, got {method!r}")
     sparsity = data.get("sparsity")
@@ -179,6 +185,17 @@ def _prune_step(value: Any, key: str) -> PruneStep:
                      None if owl in (None, False) else _section(OWLConfig, owl, f"{key}.owl"))
 
 
+def _quantize(value: Any) -> QuantizeConfig | None:
+    if value is None or value is False:
+        return None
+    try:
+        return _section(QuantizeConfig, {} if value is True else value, "quantize")
+    except RecipeError:
+        raise
+    except SparseDeployError as exc:
+        raise _fail("quantize", str(exc).removeprefix("quantize: ")) from None
+
+
 def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     data = _mapping(data, "<top>")
     allowed = [f.name for f in fields(Recipe)]
@@ -196,6 +213,7 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         model=model,
         prune=tuple(_prune_step(step, f"prune[{i}]") for i, step in enumerate(steps)),
         calibration=_section(CalibrationConfig, data.get("calibration"), "calibration"),
+        quantize=_quantize(data.get("quantize")),
         evaluate=None if data.get("evaluate", {}) is False else _section(Evaluate, data.get("evaluate"), "evaluate"),
         export=_section(Export, data.get("export"), "export"),
         benchmark=None if data.get("benchmark", {}) is False else _section(Benchmark, data.get("benchmark"),

@@ -93,6 +93,14 @@ def _steps_text(report: dict[str, Any]) -> list[str]:
                      f"parameters `{json.dumps(params)}`; achieved sparsity of the blocks' weights "
                      f"{step['achieved']['blocks_linear']['sparsity']:.2%}, blocks' stored parameters "
                      f"{step['achieved']['blocks_linear']['params'] / 1e6:.2f}M, pruned in {step['timings_s']['total_s']:.0f} s.")
+    q = report.get("quantization")
+    if q:
+        s = q["settings"]
+        lines.append(f"{len(lines) + 1}. **int{s['bits']} weights** ({s['method']}, one scale per output channel, "
+                     f"symmetric), stored dequantized: ONNX Runtime and DeepSparse read plain f32 on that grid, the "
+                     f"OpenVINO extension packs the non-zeros int8. Largest weight error "
+                     f"{q['worst_layer']['weight_error']:.2%} (`{q['worst_layer']['layer']}`); every layer's in "
+                     "`manifest.json` (`recipe.quantization.layers`).")
     return lines
 
 
@@ -224,6 +232,8 @@ def assemble_artifact(recipe: Recipe, stages: dict[str, dict[str, Any]], pruned_
     bench = stages.get("benchmark")
     report = {"fingerprint": print_, "produced": time.strftime("%Y-%m-%d %H:%M"),
               "recipe": recipe.to_dict(), "steps": [{k: s[k] for k in ("recipe", "achieved", "timings_s")} for s in steps],
+              "quantization": ({"settings": stages["quantize"]["quantization"],
+                                "worst_layer": stages["quantize"]["worst_layer"]} if "quantize" in stages else None),
               "quality": quality, "latency": _latency_table(bench), "environment": describe()}
     with atomic_directory(out, overwrite=True) as tmp:
         shutil.copytree(pruned_art, tmp, dirs_exist_ok=True)

@@ -1,6 +1,7 @@
 """``sparse-deploy run RECIPE --out DIR``: the whole pipeline, stage by stage, resumable.
 
     DIR/stages/prune-0 .. prune-N   pruned HF directories (each step starts from the previous one)
+    DIR/stages/quantize             int8 weights on the pruned model (when the recipe asks)
     DIR/stages/evaluate-dense, evaluate
     DIR/stages/export-dense, export ONNX artifacts (parity-checked)
     DIR/stages/benchmark            latency.{json,md,png}, dense vs pruned, every runtime
@@ -78,6 +79,25 @@ def _prune(source: str, step: Any, recipe: Recipe) -> Callable[[Path], dict[str,
     return produce
 
 
+def _quantize(source: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
+    def produce(tmp: Path) -> dict[str, Any]:
+        from pipeline.prune import RECORD_FILE, calibration_batches, save_pruned
+        from pipeline.quantize import quantize_model
+
+        loaded = load_model(source)
+        q = recipe.quantize
+        batches = calibration_batches(loaded, recipe.calibration) if q.needs_calibration else None
+        entry = quantize_model(loaded, q, batches)
+        record = json.loads((Path(source) / RECORD_FILE).read_text())
+        record["recipe"]["quantization"] = entry
+        save_pruned(loaded, record, tmp / "model")
+        worst = max(entry["layers"], key=lambda e: e["weight_error"])
+        return {"quantization": {k: v for k, v in entry.items() if k != "layers"},
+                "worst_layer": worst}
+
+    return produce
+
+
 def _evaluate(model_dir: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
     def produce(_tmp: Path) -> dict[str, Any]:
         loaded = load_model(model_dir)
@@ -142,6 +162,10 @@ def run_recipe(path: Path, out: Path) -> dict[str, Any]:
         upstream = fingerprint("prune", resolved["prune"][i], resolved["calibration"], upstream)
         stages[f"prune-{i}"] = run_stage(out, f"prune-{i}", upstream, _prune(source, step, recipe))
         source = str(Path(stages[f"prune-{i}"]["dir"]) / "model")
+    if recipe.quantize is not None:
+        upstream = fingerprint("quantize", resolved["quantize"], resolved["calibration"], upstream)
+        stages["quantize"] = run_stage(out, "quantize", upstream, _quantize(source, recipe))
+        source = str(Path(stages["quantize"]["dir"]) / "model")
     pruned_print = upstream
 
     if recipe.evaluate is not None:

@@ -4,17 +4,20 @@
 // SparseMatMul(x, packed) with the weight packed once, here, when the model is read; every
 // other MatMul (attention, OATS's dense low-rank factors, OSSCAR's sliced weights, weights
 // too dense to gain) stays OpenVINO's own. So one standard ONNX file serves ONNX Runtime,
-// DeepSparse and OpenVINO alike: no custom-domain nodes in the artifact. With
-// SPARSE_DEPLOY_OV_VALUES=int8, a weight whose every row lies on its symmetric int8 grid
-// (quantized per row, stored dequantized in the artifact) is packed with int8 values: the same
-// numbers in a quarter of the value bytes. Not the default: with f32 activations the int8
-// kernels are bound by per-chunk work (widening int8 to f32), not memory, and measured no
-// faster than f32 values at one row (docs/kernels.md); what they buy is resident memory.
+// DeepSparse and OpenVINO alike: no custom-domain nodes in the artifact.
+//
+// int8: a weight whose every row lies on its symmetric int8 grid (quantized per output channel
+// by the pipeline's quantize step and stored dequantized in the artifact, so that every other
+// runtime reads plain f32) is packed with int8 values: a quarter of the value bytes. With up to
+// kQ8MaxRows rows of x (decode, small batches) it runs matmul_q8: x quantized per row when
+// called, integer dot products, as ONNX Runtime's quantize_dynamic does; with more rows (prefill)
+// the f32 many-row kernel widens the int8 values once per tile and keeps x in f32.
+// SPARSE_DEPLOY_OV_VALUES=f32 packs every weight f32 (the activations are then never rounded).
 //
 // Environment, read at conversion time:
 //   SPARSE_DEPLOY_OV_MIN_SPARSITY  share of zeros from which a weight goes sparse (default below)
 //   SPARSE_DEPLOY_OV_ISA           auto | avx512 | avx2 | scalar (auto: the widest this CPU runs)
-//   SPARSE_DEPLOY_OV_VALUES        f32 (default) | int8 (weights on their int8 grid packed int8)
+//   SPARSE_DEPLOY_OV_VALUES        auto (default: on-grid weights int8) | f32
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -31,6 +34,11 @@
 
 namespace sparse_deploy {
 
+// Rows of x up to which an int8 weight runs matmul_q8 (x quantized, integer dots) rather than
+// the f32 many-row kernel: matmul_q8 re-reads each tile per row of x, the many-row kernel decodes
+// it once for all of them (benchmarks/results/int8_kernels.md: rows 1, 8 and 128).
+constexpr size_t kQ8MaxRows = 8;
+
 // The fallback when SPARSE_DEPLOY_OV_MIN_SPARSITY is not set; sparse-deploy always sets it from
 // runtime/openvino_runner.py's MIN_SPARSITY (chosen from the kernel sweep), which is the same.
 constexpr double kDefaultMinSparsity = 0.5;
@@ -45,13 +53,14 @@ public:
 
     SparseMatMul() = default;
     SparseMatMul(const ov::Output<ov::Node>& x, const ov::Output<ov::Node>& packed, int64_t n, int64_t k,
-                 std::string isa, std::string weight, std::string values)
+                 std::string isa, std::string weight, std::string values, std::string q8)
         : Op({x, packed}),
           m_n(n),
           m_k(k),
           m_isa(std::move(isa)),
           m_weight(std::move(weight)),
-          m_values(std::move(values)) {
+          m_values(std::move(values)),
+          m_q8(std::move(q8)) {
         constructor_validate_and_infer_types();
     }
 
@@ -71,7 +80,7 @@ public:
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         check_new_args_count(this, args);
-        return std::make_shared<SparseMatMul>(args[0], args[1], m_n, m_k, m_isa, m_weight, m_values);
+        return std::make_shared<SparseMatMul>(args[0], args[1], m_n, m_k, m_isa, m_weight, m_values, m_q8);
     }
 
     bool visit_attributes(ov::AttributeVisitor& visitor) override {
@@ -80,6 +89,7 @@ public:
         visitor.on_attribute("isa", m_isa);
         visitor.on_attribute("weight", m_weight);
         visitor.on_attribute("values", m_values);
+        visitor.on_attribute("q8", m_q8);
         return true;
     }
 
@@ -94,7 +104,11 @@ public:
         const size_t m = ov::shape_size(out_shape) / size_t(m_k);
         out_shape.back() = size_t(m_n);
         outputs[0].set_shape(out_shape);
-        matmul(w, x.data<const float>(), m, outputs[0].data<float>(), isa_from_name(m_isa), ov_parallel);
+        const Isa isa = isa_from_name(m_isa);
+        if (w.values == Values::i8 && m <= kQ8MaxRows)
+            matmul_q8(w, x.data<const float>(), m, outputs[0].data<float>(), q8_path_for(isa), ov_parallel);
+        else
+            matmul(w, x.data<const float>(), m, outputs[0].data<float>(), isa, ov_parallel);
         return true;
     }
 
@@ -103,6 +117,7 @@ private:
     std::string m_isa = "scalar";
     std::string m_weight;
     std::string m_values = "f32";  // how the packed weight stores its non-zeros: f32 or int8
+    std::string m_q8;              // int8 values: the matmul_q8 path of small batches (empty for f32)
 };
 
 namespace {
@@ -114,9 +129,9 @@ double min_sparsity() {
 
 bool int8_values() {
     const char* s = std::getenv("SPARSE_DEPLOY_OV_VALUES");
-    const std::string name = s && *s ? s : "f32";
-    if (name != "f32" && name != "int8") throw std::runtime_error("SPARSE_DEPLOY_OV_VALUES=" + name + ": choose f32 or int8");
-    return name == "int8";
+    const std::string name = s && *s ? s : "auto";
+    if (name != "auto" && name != "f32") throw std::runtime_error("SPARSE_DEPLOY_OV_VALUES=" + name + ": choose auto or f32");
+    return name == "auto";
 }
 
 std::string chosen_isa() {
@@ -140,8 +155,10 @@ ov::OutputVector convert_matmul(const ov::frontend::NodeContext& ctx) {
             const bool i8 = int8_values() && int8_grid(data, n, k, /*transposed=*/true);
             const std::vector<uint8_t> blob = pack(data, n, k, /*transposed=*/true, i8 ? Values::i8 : Values::f32);
             auto packed = std::make_shared<ov::op::v0::Constant>(ov::element::u8, ov::Shape{blob.size()}, blob.data());
-            auto op = std::make_shared<SparseMatMul>(x, packed, int64_t(n), int64_t(k), chosen_isa(),
-                                                     weight->get_friendly_name(), i8 ? "int8" : "f32");
+            const std::string isa = chosen_isa();
+            auto op = std::make_shared<SparseMatMul>(x, packed, int64_t(n), int64_t(k), isa, weight->get_friendly_name(),
+                                                     i8 ? "int8" : "f32",
+                                                     i8 ? q8_path_name(q8_path_for(isa_from_name(isa))) : "");
             return {op};
         }
     }

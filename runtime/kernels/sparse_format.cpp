@@ -231,6 +231,14 @@ Q8Path best_q8_path() {
     return Q8Path::scalar;
 }
 
+Q8Path q8_path_for(Isa isa) {
+    switch (isa) {
+        case Isa::avx512: return q8_supported(Q8Path::avx512_vnni) ? Q8Path::avx512_vnni : Q8Path::avx2;
+        case Isa::avx2: return Q8Path::avx2;
+        default: return Q8Path::scalar;
+    }
+}
+
 void quantize_rows(const float* x, size_t m, size_t k, size_t stride, uint8_t* xq, float* scale) {
     for (size_t i = 0; i < m; ++i) {
         const float* xi = x + i * k;

@@ -150,6 +150,7 @@ enum class Q8Path { scalar = 0, avx512_vnni = 1, avx2 = 2 };
 const char* q8_path_name(Q8Path path);
 bool q8_supported(Q8Path path);
 Q8Path best_q8_path();
+Q8Path q8_path_for(Isa isa);  // the int8 path that goes with an f32 one (avx512 -> avx512_vnni where the CPU has it)
 void matmul_q8(const Packed& w, const float* x, size_t m, float* y, Q8Path path, const ParallelFor& parallel);
 
 // x's rows quantized for matmul_q8: xq (m x stride bytes, columns past k left at the zero
