@@ -145,6 +145,11 @@ def _quantize_layer(name: str, layer: nn.Linear, config: QuantizeConfig, hessian
     return entry
 
 
+def worst_layer(entry: dict[str, Any]) -> dict[str, Any]:
+    """The layer of a ``quantize_model`` entry with the largest weight error."""
+    return max(entry["layers"], key=lambda e: e["weight_error"])
+
+
 def _block_layers(loaded: LoadedModel) -> dict[str, nn.Linear]:
     return {f"{i}.{name}": layer for i, block in enumerate(transformer_blocks(loaded.model))
             for name, layer in linear_layers(block).items()}
@@ -180,8 +185,9 @@ def quantize_model(loaded: LoadedModel, config: QuantizeConfig,
     else:
         for name, layer in progress(_block_layers(loaded).items(), desc="quantize (rtn)", unit="layers"):
             layers.append(_quantize_layer(name, layer, config, None))
-    worst = max(layers, key=lambda e: e["weight_error"])
+    entry = {**asdict(config), "scheme": "symmetric, zero point 0, scale = max |row| / 127, stored dequantized (f32)",
+             "layers": layers}
+    worst = worst_layer(entry)
     log.info("quantized %d layers to int8 (%s): worst weight error %.4f in %s", len(layers), config.method,
              worst["weight_error"], worst["layer"])
-    return {**asdict(config), "scheme": "symmetric, zero point 0, scale = max |row| / 127, stored dequantized (f32)",
-            "layers": layers}
+    return entry

@@ -82,7 +82,7 @@ def _prune(source: str, step: Any, recipe: Recipe) -> Callable[[Path], dict[str,
 def _quantize(source: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
     def produce(tmp: Path) -> dict[str, Any]:
         from pipeline.prune import RECORD_FILE, calibration_batches, save_pruned
-        from pipeline.quantize import quantize_model
+        from pipeline.quantize import quantize_model, worst_layer
 
         loaded = load_model(source)
         q = recipe.quantize
@@ -91,9 +91,7 @@ def _quantize(source: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
         record = json.loads((Path(source) / RECORD_FILE).read_text())
         record["recipe"]["quantization"] = entry
         save_pruned(loaded, record, tmp / "model")
-        worst = max(entry["layers"], key=lambda e: e["weight_error"])
-        return {"quantization": {k: v for k, v in entry.items() if k != "layers"},
-                "worst_layer": worst}
+        return {"quantization": {k: v for k, v in entry.items() if k != "layers"}, "worst_layer": worst_layer(entry)}
 
     return produce
 
