@@ -24,12 +24,9 @@ Writes ``benchmarks/results/int8_kernels.{json,md}`` (~15 min):
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ from onnx import numpy_helper
 
 from benchmarks.deepsparse_kernels import HIDDEN, INTERMEDIATE, build_graph
 from benchmarks.openvino_sparse_kernels import FORM, WEIGHTS
-from pipeline.environment import describe
+from benchmarks.output import kernel_sweep_main
 from pipeline.quantize import quantize_rtn
 from runtime import openvino_runner
 from runtime.bench import BenchSettings, interleaved, pooled_stats, round_ratios, round_spread, time_cell
@@ -123,8 +120,6 @@ def _graphs(rows: int, work: Path) -> dict[tuple[str, float, str], Path]:
 
 
 def measure_rows(rows: int, work: Path) -> list[dict[str, Any]]:
-    import os
-
     graphs = _graphs(rows, work)
     cells = list(graphs)
     feeds = {"x": np.random.default_rng(rows).standard_normal((rows, HIDDEN)).astype(np.float32)}
@@ -196,26 +191,8 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS))
-    parser.add_argument("--render", action="store_true", help="re-derive and re-render the committed JSON, no timing")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.render:
-        data = json.loads((RESULTS / "int8_kernels.json").read_text())
-        derive(data["cells"])
-    else:
-        cells: list[dict[str, Any]] = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for rows in args.rows:
-                cells += measure_rows(rows, Path(tmp))
-        data = {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "cells": cells,
-                "settings": {k: v for k, v in SETTINGS.__dict__.items() if k != "runtimes"}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8_kernels.json").write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / "int8_kernels.md").write_text(render(data))
-    logging.info("wrote %s", RESULTS / "int8_kernels.md")
-    return 0
+    return kernel_sweep_main(RESULTS / "int8_kernels", __doc__.split("\n")[0], ROWS, SETTINGS, measure_rows, derive, render,
+                             argv)
 
 
 if __name__ == "__main__":

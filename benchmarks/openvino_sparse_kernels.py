@@ -20,19 +20,15 @@ Writes ``benchmarks/results/openvino_sparse_kernels.{json,md}`` (~15 min):
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.deepsparse_kernels import FORMS, HIDDEN, INTERMEDIATE, build_graph
-from pipeline.environment import describe
+from benchmarks.output import kernel_sweep_main
 from runtime.bench import BenchSettings, interleaved, pooled_stats, round_ratios, round_spread, time_cell
 
 RESULTS = Path(__file__).parent / "results"
@@ -132,28 +128,8 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS))
-    parser.add_argument("--render", action="store_true", help="re-derive and re-render the committed JSON, no timing")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.render:
-        data = json.loads((RESULTS / "openvino_sparse_kernels.json").read_text())
-        derive(data["cells"])
-        (RESULTS / "openvino_sparse_kernels.json").write_text(json.dumps(data, indent=2) + "\n")
-        (RESULTS / "openvino_sparse_kernels.md").write_text(render(data))
-        return 0
-    cells: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for rows in args.rows:
-            cells += measure_rows(rows, Path(tmp))
-    data = {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "cells": cells,
-            "settings": {k: v for k, v in SETTINGS.__dict__.items() if k != "runtimes"}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "openvino_sparse_kernels.json").write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / "openvino_sparse_kernels.md").write_text(render(data))
-    logging.info("wrote %s", RESULTS / "openvino_sparse_kernels.md")
-    return 0
+    return kernel_sweep_main(RESULTS / "openvino_sparse_kernels", __doc__.split("\n")[0], ROWS, SETTINGS, measure_rows, derive, render,
+                             argv)
 
 
 if __name__ == "__main__":
