@@ -36,8 +36,8 @@ namespace sparse_deploy {
 
 // Rows of x up to which an int8 weight runs matmul_q8 (x quantized, integer dots) rather than
 // the f32 many-row kernel: matmul_q8 re-reads each tile per row of x, the many-row kernel decodes
-// it once for all of them. On AVX2 they were level at 8 rows, matmul_q8 2x slower at 16 (a
-// throwaway run, docs/kernels.md); benchmarks/int8_kernels.py times rows 1, 8 and 128.
+// it once for all of them. On AVX2 the two were close at 8 rows (benchmarks/results/int8_kernels.md:
+// 89.7 vs 80.7 ms on the chain at 70%) and matmul_q8 2x slower at 16 (a throwaway run).
 constexpr size_t kQ8MaxRows = 8;
 
 // The fallback when SPARSE_DEPLOY_OV_MIN_SPARSITY is not set; sparse-deploy always sets it from
