@@ -9,7 +9,12 @@ and writes ``benchmarks/results/headline.json`` and the README's headline table 
 against the **fastest dense runtime of the same run** for that graph, with the range of the
 per-round ratios; DeepSparse is held to the same baseline as our kernels.
 
-    .venv/bin/python -m benchmarks.headline [--report benchmarks/results/latency_llama7b_headline/latency.json]
+The sparse + int8 figures come from a second proxy run where it exists (its hardware and date
+are kept with them, under ``int8_run``), against the fastest **dense int8** runtime of that run:
+
+    .venv/bin/python -m benchmarks.proxies --recipe recipes/proxies/llama7b-int8.yaml
+
+    .venv/bin/python -m benchmarks.headline [--report ...headline/latency.json] [--int8-report ...int8/latency.json]
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.proxies import decomposition, fastest_dense_blocks
-from runtime.bench import BenchRow
+from runtime.bench import INT8_BASELINES, BenchRow
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
 REPORT = RESULTS / "latency_llama7b_headline" / "latency.json"
+INT8_REPORT = RESULTS / "latency_llama7b_int8" / "latency.json"  # recipes/proxies/llama7b-int8.yaml
+INT8_VARIANT = "owl-wanda-70-int8"
 README = Path(__file__).resolve().parents[1] / "README.md"
 SPARSE_RUNTIME = "openvino-sparse"
 BLOCKS, DEPTH = 2, 32  # the proxy's blocks (recipes/proxies/llama7b-headline.yaml) and LLaMA-7B's depth
@@ -44,8 +51,32 @@ def _figure(entry: dict[str, Any], key: str = "blocks_speedup", rounds: str = "b
     return {"speedup": round(entry[key], 3), "rounds": [round(r, 3) for r in entry.get(rounds, [])]}
 
 
-def headline(report: dict[str, Any], source: Path) -> dict[str, Any]:
-    """The figures, recomputed from the report's rows with the current decomposition code."""
+def int8_figures(report: dict[str, Any], source: Path) -> dict[str, Any]:
+    """Sparse + int8 against dense int8 and dense f32, per decoder block, from the int8 proxy run
+    (recipes/proxies/llama7b-int8.yaml: its own run, so its own hardware and date)."""
+    rows = [BenchRow(**r) for r in report["rows"]]
+    vs_int8, _ = fastest_dense_blocks(rows, BLOCKS, INT8_BASELINES)
+    vs_fp32, _ = fastest_dense_blocks(rows, BLOCKS)
+    env = report["environment"]
+    figures = {
+        "decode_speedup_sparse_int8_70_vs_int8_dense": _figure(_cell(vs_int8, "decode", SPARSE_RUNTIME, INT8_VARIANT)),
+        "decode_speedup_sparse_int8_70_vs_fp32": _figure(_cell(vs_fp32, "decode", SPARSE_RUNTIME, INT8_VARIANT)),
+        "prefill_speedup_sparse_int8_70_vs_int8_dense": _figure(_cell(vs_int8, "prefill", SPARSE_RUNTIME, INT8_VARIANT)),
+    }
+    run = {"hardware": f"{env['cpu']}, {env['cores']} cores", "isa": env.get("isa", "n/a"), "measured": report["measured"],
+           "variant": INT8_VARIANT, "source": _relative(source),
+           "baseline_runtime_int8": next(e["baseline_runtime"] for e in vs_int8 if e["flavour"] == "decode"),
+           "baseline_runtime_fp32": next(e["baseline_runtime"] for e in vs_fp32 if e["flavour"] == "decode")}
+    return {"figures": figures, "run": run}
+
+
+def _relative(source: Path) -> str:
+    return str(source.relative_to(README.parent)) if source.is_relative_to(README.parent) else str(source)
+
+
+def headline(report: dict[str, Any], source: Path, int8: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The figures, recomputed from the report's rows with the current decomposition code;
+    ``int8``: ``int8_figures`` of the int8 proxy run, where there is one."""
     rows = [BenchRow(**r) for r in report["rows"]]
     fastest, _ = fastest_dense_blocks(rows, BLOCKS)
     decomposition_table, _ = decomposition(rows, BLOCKS, DEPTH, {"oats-50": "wanda-50"})
@@ -72,7 +103,7 @@ def headline(report: dict[str, Any], source: Path) -> dict[str, Any]:
         "geometry": "LLaMA-7B (hidden 4096, MLP 11008, 32 heads), 2 blocks, random weights",
         "baseline_runtime": baseline["decode"], "baseline_runtime_prefill": baseline["prefill"],
         "protocol": {k: report["settings"][k] for k in ("batch", "seq_len", "past", "rounds", "repetitions", "warmup")},
-        "source": str(source.relative_to(README.parent)) if source.is_relative_to(README.parent) else str(source),
+        "source": _relative(source),
         "versions": {k: env["packages"].get(k) for k in ("onnxruntime", "openvino", "torch")},
     }
     for key, fig in figures.items():
@@ -80,6 +111,11 @@ def headline(report: dict[str, Any], source: Path) -> dict[str, Any]:
         out.setdefault("rounds", {})[key] = fig["rounds"]
     out["osscar_50_runtime"] = figures["osscar_50_decode_speedup"]["runtime"]
     out["oats_vs_wanda_runtime"] = SPARSE_RUNTIME
+    if int8:
+        for key, fig in int8["figures"].items():
+            out[key] = fig["speedup"]
+            out["rounds"][key] = fig["rounds"]
+        out["int8_run"] = int8["run"]
     return out
 
 
@@ -90,6 +126,11 @@ ROWS = (  # README row label, key
     ("OWL+Wanda 70%, prefill, DeepSparse 1.8.0", "deepsparse_prefill_speedup_owl_wanda_70"),
     ("OATS 50% vs Wanda 50% (not vs dense), decode, openvino-sparse", "oats_vs_wanda_decode_50"),
     ("OSSCAR 50% of neurons and heads sliced, decode", "osscar_50_decode_speedup"),
+)
+INT8_ROWS = (
+    ("OWL+Wanda 70% + int8 vs dense int8, decode, openvino-sparse", "decode_speedup_sparse_int8_70_vs_int8_dense"),
+    ("OWL+Wanda 70% + int8 vs dense f32, decode, openvino-sparse", "decode_speedup_sparse_int8_70_vs_fp32"),
+    ("OWL+Wanda 70% + int8 vs dense int8, prefill, openvino-sparse", "prefill_speedup_sparse_int8_70_vs_int8_dense"),
 )
 
 
@@ -109,6 +150,15 @@ def readme_table(h: dict[str, Any]) -> str:
     for label, key in ROWS:
         extra = f", {h['osscar_50_runtime']}" if key == "osscar_50_decode_speedup" else ""
         lines.append(f"| {label}{extra} | **{h[key]:.2f}x**{spread(key)} | {paper.get(key, '')} |")
+    run = h.get("int8_run")
+    if run:
+        lines += ["", f"Sparse + int8 (its own run: {run['hardware']} ({run['isa']}), measured {run['measured']}; "
+                  f"dense int8 = the fastest of ONNX Runtime's quantize_dynamic and OpenVINO's int8 weight compression, "
+                  f"here {run['baseline_runtime_int8']}; dense f32 here {run['baseline_runtime_fp32']}; from "
+                  f"[`{Path(run['source']).parent}/latency.md`]({Path(run['source']).parent}/latency.md)):", "",
+                  "| what | speedup | target |", "|---|---|---|"]
+        target = {"decode_speedup_sparse_int8_70_vs_int8_dense": ">= 1.5x (issue 20)"}
+        lines += [f"| {label} | **{h[key]:.2f}x**{spread(key)} | {target.get(key, '')} |" for label, key in INT8_ROWS]
     return "\n".join(lines)
 
 
@@ -124,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--int8-report", type=Path, default=INT8_REPORT,
+                        help="the sparse + int8 proxy run (skipped when absent)")
     parser.add_argument("--out", type=Path, default=RESULTS / "headline.json")
     args = parser.parse_args(argv)
-    h = headline(json.loads(args.report.read_text()), args.report.resolve())
+    int8 = (int8_figures(json.loads(args.int8_report.read_text()), args.int8_report.resolve())
+            if args.int8_report.is_file() else None)
+    h = headline(json.loads(args.report.read_text()), args.report.resolve(), int8)
     args.out.write_text(json.dumps(h, indent=2) + "\n")
     update_readme(readme_table(h))
     log.info("wrote %s and the README's headline table", args.out)

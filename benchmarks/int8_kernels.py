@@ -39,15 +39,14 @@ from benchmarks.deepsparse_kernels import HIDDEN, INTERMEDIATE, build_graph
 from benchmarks.openvino_sparse_kernels import FORM, WEIGHTS
 from benchmarks.output import kernel_sweep_main
 from pipeline.quantize import quantize_rtn
-from runtime import openvino_runner
-from runtime.bench import BenchSettings, interleaved, pooled_stats, round_ratios, round_spread, time_cell
-from runtime.onnxruntime_runner import session, time_runs
+from runtime.bench import INT8_BASELINES, INT8_CONVERTERS, BenchSettings, interleaved, pooled_stats, round_ratios, \
+    round_spread, time_cell
 
 RESULTS = Path(__file__).parent / "results"
 SPARSITIES = (0.5, 0.7, 0.9)
 ROWS = (1, 8, 128)
 DENSE_F32 = ("onnxruntime", "openvino")
-DENSE_INT8 = ("onnxruntime-int8", "openvino-int8")
+DENSE_INT8 = INT8_BASELINES
 SETTINGS = BenchSettings(warmup=5, repetitions=20, rounds=2, min_sparsity=0.01)
 
 
@@ -67,48 +66,13 @@ def on_grid(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def ort_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
-def openvino_int8(src: Path, dst: Path) -> None:
-    """OpenVINO IR with each MatMul weight as i8 -> Convert -> Multiply(per-channel scale)."""
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    model = ov.Core().read_model(str(src))
-    for node in model.get_ordered_ops():
-        if node.get_type_name() != "MatMul" or node.input_value(1).get_node().get_type_name() != "Constant":
-            continue
-        wt = node.input_value(1).get_node().get_data()  # K x N
-        scale = np.abs(wt).max(axis=0, keepdims=True) / 127
-        scale = np.where(scale > 0, scale, 1).astype(np.float32)
-        q = np.clip(np.round(wt / scale), -127, 127).astype(np.int8)
-        weight = ops.multiply(ops.convert(ops.constant(q), ov.Type.f32), ops.constant(scale))
-        node.input(1).replace_source_output(weight.output(0))
-    ov.save_model(model, str(dst), compress_to_fp16=False)
-
-
-def _time(runtime: str, graph: Path, feeds: dict[str, np.ndarray]) -> tuple[list[float], dict[str, Any]]:
-    if runtime == "onnxruntime-int8":
-        return time_runs(session(graph, threads=SETTINGS.threads), feeds, SETTINGS.warmup, SETTINGS.repetitions), {}
-    if runtime == "openvino-int8":
-        compiled, _ = openvino_runner.compile_model(graph, sparse=False, threads=SETTINGS.threads)
-        return openvino_runner.time_runs(compiled, feeds, SETTINGS.warmup, SETTINGS.repetitions), {}
-    return time_cell(runtime, graph, feeds, SETTINGS)
-
-
 def _graphs(rows: int, work: Path) -> dict[tuple[str, float, str], Path]:
     """(runtime, sparsity, values) -> the graph it runs."""
     dense = work / "dense.onnx"
     build_graph(dense, FORM, rows, 0.0)
-    ort_int8(dense, work / "dense-ort-int8.onnx")
-    openvino_int8(dense, work / "dense-ov-int8.xml")
-    graphs = {("onnxruntime", 0.0, "f32"): dense, ("openvino", 0.0, "f32"): dense,
-              ("onnxruntime-int8", 0.0, "int8"): work / "dense-ort-int8.onnx",
-              ("openvino-int8", 0.0, "int8"): work / "dense-ov-int8.xml"}
+    graphs = {("onnxruntime", 0.0, "f32"): dense, ("openvino", 0.0, "f32"): dense}
+    for runtime in DENSE_INT8:
+        graphs[(runtime, 0.0, "int8")] = INT8_CONVERTERS[runtime](dense, work / f"dense-{runtime}")
     for s in SPARSITIES:
         f32, grid = work / f"sparse-{s}.onnx", work / f"sparse-{s}-int8.onnx"
         build_graph(f32, FORM, rows, s)
@@ -131,7 +95,7 @@ def measure_rows(rows: int, work: Path) -> list[dict[str, Any]]:
                 runtime, sparsity, values = cells[i]
                 logging.info("rows %d, round %d: %s %s at %.0f%%", rows, r + 1, runtime, values, 100 * sparsity)
                 os.environ["SPARSE_DEPLOY_OV_VALUES"] = "f32" if values == "f32" else "auto"
-                times, info[i] = _time(runtime, graphs[cells[i]], feeds)
+                times, info[i] = time_cell(runtime, graphs[cells[i]], feeds, SETTINGS)
                 runs[i].append(times)
     finally:
         os.environ.pop("SPARSE_DEPLOY_OV_VALUES", None)

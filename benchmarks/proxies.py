@@ -35,7 +35,7 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Phi3Config, PretrainedConfig
 
 from benchmarks.cache import code_keyed, drop_stale, tree_gb
-from runtime.bench import DENSE_BASELINES, RUNTIMES, BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
+from runtime.bench import DEFAULT_RUNTIMES, DENSE_BASELINES, INT8_BASELINES, RUNTIMES, BenchRow, BenchSettings, measure, round_ratios, round_spread, write_report
 from export.artifact import export_artifact, read_manifest
 from pipeline.architectures import block_index
 from pipeline.atomic import atomic_directory
@@ -45,6 +45,7 @@ from pipeline.models import DEFAULT_MODEL, cache_dir, load_model
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
 from pipeline.pruners import build_pruner, parse_params
+from pipeline.quantize import QuantizeConfig, quantize_model
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -83,31 +84,40 @@ def proxy_batches(vocab: int, samples: int, seq_len: int) -> list[dict[str, Any]
 
 @dataclass(frozen=True)
 class Variant:
-    """A pruned twin of the proxy: ``LABEL=METHOD:SPARSITY[:owl][:KEY=VALUE...]`` on the
-    command line, e.g. ``oats-50=oats:0.5:iterations=20``."""
+    """A pruned twin of the proxy: ``LABEL=METHOD:SPARSITY[:owl][:quantize=rtn|gptq][:KEY=VALUE...]``
+    on the command line, e.g. ``oats-50=oats:0.5:iterations=20``; ``quantize`` adds the recipe's
+    int8 step (pipeline/quantize.py) after pruning."""
 
     label: str
     method: str
     sparsity: float
     owl: bool = False
     params: tuple[tuple[str, Any], ...] = ()
+    quantize: str | None = None  # the int8 method, or None for f32 weights
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
         label, sep, spec = text.partition("=")
         parts = spec.split(":")
         if not sep or len(parts) < 2:
-            raise SparseDeployError(f"bad variant '{text}': expected LABEL=METHOD:SPARSITY[:owl][:KEY=VALUE...]")
+            raise SparseDeployError(f"bad variant '{text}': expected "
+                                    "LABEL=METHOD:SPARSITY[:owl][:quantize=rtn|gptq][:KEY=VALUE...]")
         params = parse_params([part for part in parts[2:] if part != "owl"])
-        return cls(label, parts[0], float(parts[1]), "owl" in parts[2:], tuple(params.items()))
+        quantize = params.pop("quantize", None)
+        if quantize is not None:
+            QuantizeConfig(method=str(quantize))  # an unknown method fails here, before any compute
+        return cls(label, parts[0], float(parts[1]), "owl" in parts[2:], tuple(params.items()),
+                   None if quantize is None else str(quantize))
 
     def describe(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.params)
-        return f"{'OWL+' if self.owl else ''}{self.method} {self.sparsity:.0%}{extra}"
+        int8 = f" + int8 ({self.quantize})" if self.quantize else ""
+        return f"{'OWL+' if self.owl else ''}{self.method} {self.sparsity:.0%}{extra}{int8}"
 
     def directory_tag(self) -> str:
-        digest = hashlib.sha1(repr((self.method, self.sparsity, self.owl, self.params)).encode()).hexdigest()[:8]
-        return f"{self.method}{'-owl' if self.owl else ''}-{int(self.sparsity * 100)}-{digest}"
+        key = (self.method, self.sparsity, self.owl, self.params) + ((self.quantize,) if self.quantize else ())
+        digest = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+        return f"{self.method}{'-owl' if self.owl else ''}-{int(self.sparsity * 100)}{'-int8' if self.quantize else ''}-{digest}"
 
 
 def _pruned_dir(source: Path, variant: Variant) -> Path:
@@ -125,6 +135,8 @@ def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> P
                              calibration, owl=OWLConfig() if variant.owl else None, batches=batches)
         record = build_record(loaded, result)
         record["recipe"]["calibration"]["note"] = "smollm2 token ids folded into the proxy vocabulary"
+        if variant.quantize:
+            record["recipe"]["quantization"] = quantize_model(loaded, QuantizeConfig(method=variant.quantize), batches)
         save_pruned(loaded, record, out, overwrite=True)
     return out
 
@@ -213,9 +225,11 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
     return table, "\n".join(lines)
 
 
-def fastest_dense_blocks(rows: list[BenchRow], blocks: int) -> tuple[list[dict[str, Any]], str]:
-    """Per-block time of every (variant, runtime) against the fastest runtime's dense block, per
-    flavour: the headline comparison (a sparse kernel counts only if it beats the best dense one)."""
+def fastest_dense_blocks(rows: list[BenchRow], blocks: int,
+                         baselines: tuple[str, ...] = DENSE_BASELINES) -> tuple[list[dict[str, Any]], str]:
+    """Per-block time of every (variant, runtime) against the dense block of the fastest of
+    ``baselines``, per flavour: the headline comparison (a sparse kernel counts only if it beats
+    the best dense one; with ``INT8_BASELINES``, the best dense int8 one)."""
     table = []
     for flavour in sorted({r.flavour for r in rows}):
         by_runtime: dict[str, dict[str, dict[str, Any]]] = {}
@@ -226,7 +240,7 @@ def fastest_dense_blocks(rows: list[BenchRow], blocks: int) -> tuple[list[dict[s
                       if k != "head-only"} for rt, st in by_runtime.items() if {"dense", "head-only"} <= st.keys()}
         if not block:
             continue
-        candidates = [rt for rt in block if rt in DENSE_BASELINES]
+        candidates = [rt for rt in block if rt in baselines]
         if not candidates:
             continue
         base_rt = min(candidates, key=lambda rt: block[rt]["dense"])
@@ -240,9 +254,10 @@ def fastest_dense_blocks(rows: list[BenchRow], blocks: int) -> tuple[list[dict[s
                               "baseline_block_ms": block[base_rt]["dense"], "block_ms": ms,
                               "blocks_speedup": block[base_rt]["dense"] / ms,
                               "blocks_round_speedups": round_ratios(base_rounds, rounds[label])})
-    lines = ["## Decoder blocks against the fastest dense runtime", "",
-             "Per decoder block (as above), every variant in every runtime against the dense block in the runtime "
-             "whose dense block is fastest in this run.", "",
+    what = "dense int8 runtime" if baselines == INT8_BASELINES else "dense runtime"
+    lines = [f"## Decoder blocks against the fastest {what}", "",
+             f"Per decoder block (as above), every variant in every runtime against the dense block in the runtime "
+             f"(of {', '.join(baselines)}) whose dense block is fastest in this run.", "",
              "| graph | runtime | variant | block ms | fastest dense block ms (runtime) | speedup |", "|---|---|---|---|---|---|"]
     lines += [f"| {t['flavour']} | {t['runtime']} | {t['variant']} | {t['block_ms']:.2f} | {t['baseline_block_ms']:.2f} "
               f"({t['baseline_runtime']}) | {t['blocks_speedup']:.2f}x{round_spread(t['blocks_round_speedups'])} |"
@@ -279,7 +294,7 @@ def artifact_sizes(artifacts: dict[str, Path]) -> tuple[dict[str, Any], str]:
 
 
 def _apply_recipe(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    allowed = {"proxy", "blocks", "variants", "compare", "out"}
+    allowed = {"proxy", "blocks", "variants", "compare", "runtimes", "out"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise SparseDeployError(f"proxy recipe key '{unknown[0]}' is not known; allowed: {', '.join(sorted(allowed))}")
@@ -289,6 +304,7 @@ def _apply_recipe(args: argparse.Namespace, data: dict[str, Any]) -> None:
     args.blocks = int(data.get("blocks", args.blocks))
     args.variant = [Variant.parse(v) for v in data.get("variants", [])] or None
     args.compare = list(data.get("compare", []))
+    args.runtime = ",".join(data["runtimes"]) if "runtimes" in data else args.runtime
     args.out = Path(data["out"]) if "out" in data else args.out
 
 
@@ -307,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--past", type=int, default=127)
     parser.add_argument("--repetitions", type=int, default=10, help="timed runs per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all artifacts")
-    parser.add_argument("--runtime", default=",".join(RUNTIMES), help="comma-separated (default: all)")
+    parser.add_argument("--runtime", default=",".join(DEFAULT_RUNTIMES),
+                        help=f"comma-separated, from {', '.join(RUNTIMES)} (default: %(default)s)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--recipe", type=Path, help="a proxy recipe (recipes/proxies/*.yaml): proxy, blocks, "
                         "variants, compare, out; command-line flags given explicitly are overridden by it")
@@ -334,13 +351,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(artifacts, settings, labels=["dense", *labels, "head-only"])
     table, section = decomposition(rows, args.blocks, depth, baselines)
     fastest, fastest_section = fastest_dense_blocks(rows, args.blocks)
+    fastest_int8, fastest_int8_section = fastest_dense_blocks(rows, args.blocks, INT8_BASELINES)
     sizes, size_section = artifact_sizes(dict(zip(["dense", *labels, "head-only"], artifacts)))
     recipes = "; ".join(f"{v.label}: {v.describe()}" for v in variants)
     out = args.out or RESULTS / f"latency_{args.proxy}_proxy"
     report = write_report(rows, settings, out, title=f"Latency: {args.proxy} geometry proxy ({args.blocks} blocks, "
                           f"random weights), dense vs {recipes}",
-                          extra={"decomposition": table, "fastest_dense_blocks": fastest, "artifacts": sizes,
-                                 "sections": [section, fastest_section, size_section]})
+                          extra={"decomposition": table, "fastest_dense_blocks": fastest,
+                                 "fastest_int8_dense_blocks": fastest_int8, "artifacts": sizes,
+                                 "sections": [section, fastest_section, *([fastest_int8_section] if fastest_int8 else []),
+                                              size_section]})
     log.info("wrote %s", out / "latency.md")
     log.info("the proxy cache %s now holds %.1f GB (`make clean-cache` empties it)", dense_dir.parent,
              tree_gb(dense_dir.parent))

@@ -21,9 +21,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,25 @@ from pipeline.environment import describe
 from pipeline.atomic import check_directory_path
 from pipeline.errors import SparseDeployError, first_line
 from runtime import deepsparse_runner, openvino_runner
-from runtime.onnxruntime_runner import session, time_runs
+from runtime.onnxruntime_runner import quantize_weights_int8, session, time_runs
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("deepsparse", "onnxruntime", "openvino", "openvino-sparse")
+# What a user who quantizes instead of pruning would run: each graph with int8 weights, converted
+# by the runtime's own tool at the start of a bench (runtime -> converter: source graph, target).
+INT8_CONVERTERS: dict[str, Callable[[Path, Path], Path]] = {
+    "onnxruntime-int8": lambda src, dst: quantize_weights_int8(src, dst.with_suffix(".onnx")),
+    "openvino-int8": lambda src, dst: openvino_runner.compress_weights_int8(src, dst.with_suffix(".xml")),
+}
+RUNTIMES = ("deepsparse", "onnxruntime", "openvino", "openvino-sparse", *INT8_CONVERTERS)
+# The default set: the int8 baselines are opt-in (each converts every graph once per bench).
+DEFAULT_RUNTIMES = RUNTIMES[:4]
 FLAVOURS = ("decode", "prefill", "encoder")  # the graphs an artifact may hold (export.artifact)
 # The baselines a sparse kernel must beat: every runtime on the dense model except our sparse op,
 # which on a dense model is OpenVINO's own kernels under another name.
 DENSE_BASELINES = ("deepsparse", "onnxruntime", "openvino")
+# What sparse + int8 must beat: dense int8 weights (issue: sparse + int8).
+INT8_BASELINES = tuple(INT8_CONVERTERS)
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class BenchSettings:
     threads: int | None = None  # None: all cores
     warmup: int = 3
     repetitions: int = 10  # timed runs per cell and round
-    runtimes: tuple[str, ...] = RUNTIMES
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
     flavours: tuple[str, ...] = FLAVOURS  # which of each artifact's graphs to time (those it has)
     rounds: int = 2  # interleaved passes over all artifacts, order reversed every other pass
     min_sparsity: float = openvino_runner.MIN_SPARSITY  # openvino-sparse: share of zeros from which a weight goes sparse
@@ -114,8 +125,9 @@ def _feeds(artifact: Path, flavour: str, s: BenchSettings) -> dict[str, np.ndarr
 def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
               s: BenchSettings) -> tuple[list[float], dict[str, Any]]:
     """Timed runs (seconds) of one graph in one runtime, and what the runtime says about it
-    (also the kernel sweep's timer: benchmarks/openvino_sparse_kernels.py)."""
-    if runtime == "onnxruntime":
+    (also the kernel sweeps' timer). An int8 runtime takes the graph its converter wrote
+    (``int8_graph``)."""
+    if runtime.startswith("onnxruntime"):
         return time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions), {}
     if runtime.startswith("openvino"):
         compiled, ops = openvino_runner.compile_model(graph, sparse=runtime == "openvino-sparse", threads=s.threads,
@@ -176,24 +188,55 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
     medians, and speedups are also taken round by round, between cells minutes apart at most.
     """
     cells = _cells(artifacts, labels, s.flavours)
+    baseline_cells = _int8_baseline_cells(cells)
     rows = {(i, rt): BenchRow(str(c.artifact), c.label, c.sparsity, c.flavour, rt, nonzeros=c.nonzeros)
-            for i, c in enumerate(cells) for rt in s.runtimes}
+            for i, c in enumerate(cells) for rt in s.runtimes if rt not in INT8_BASELINES or i in baseline_cells}
     runs: dict[tuple[int, str], list[tuple[list[float], dict[str, Any]]]] = {key: [] for key in rows}
-    for r, i, runtime in _schedule(cells, s):
-        row, cell = rows[i, runtime], cells[i]
-        if row.error:
-            continue  # failed in an earlier round: do not compile it again
-        log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, cell.flavour, runtime)
-        try:
-            runs[i, runtime].append(time_cell(runtime, cell.graph, _feeds(cell.artifact, cell.flavour, s), s))
-        except Exception as exc:  # a graph a runtime cannot load or run is a failed cell, reported, not a traceback
-            row.error = str(exc) if isinstance(exc, SparseDeployError) else first_line(exc)
-            log.error("%s / %s / %s failed: %s", cell.label, cell.flavour, runtime, row.error)
-            log.debug("cell failure", exc_info=True)
+    with tempfile.TemporaryDirectory(prefix="sparse-deploy-int8-") as work:
+        graphs = _Int8Graphs(Path(work))
+        for r, i, runtime in _schedule(cells, s):
+            if (i, runtime) not in rows:
+                continue
+            row, cell = rows[i, runtime], cells[i]
+            if row.error:
+                continue  # failed in an earlier round: do not compile it again
+            log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, cell.flavour, runtime)
+            try:
+                graph = graphs.get(runtime, cell.graph)
+                runs[i, runtime].append(time_cell(runtime, graph, _feeds(cell.artifact, cell.flavour, s), s))
+            except Exception as exc:  # a graph a runtime cannot load or run is a failed cell, reported, not a traceback
+                row.error = str(exc) if isinstance(exc, SparseDeployError) else first_line(exc)
+                log.error("%s / %s / %s failed: %s", cell.label, cell.flavour, runtime, row.error)
+                log.debug("cell failure", exc_info=True)
     for key, row in rows.items():
         if not row.error:
             row.stats = _pooled(runs[key])
     return list(rows.values())
+
+
+def _int8_baseline_cells(cells: list[_Cell]) -> set[int]:
+    """The cells the int8 runtimes time: the densest artifact's (they are baselines; on a pruned
+    graph they would run as fast, its zeros stored as int8 zeros) and those without decoder
+    blocks (a proxy's head-only graph, which the per-block figures subtract)."""
+    with_blocks = [c for c in cells if c.sparsity is not None]
+    densest = min(with_blocks, key=densest_first).artifact if with_blocks else None
+    return {i for i, c in enumerate(cells) if c.sparsity is None or c.artifact == densest}
+
+
+class _Int8Graphs:
+    """The int8 runtimes' graphs, converted once per bench (the first round) into ``work``."""
+
+    def __init__(self, work: Path) -> None:
+        self.work, self.done = work, {}
+
+    def get(self, runtime: str, graph: Path) -> Path:
+        if runtime not in INT8_CONVERTERS:
+            return graph
+        key = (runtime, graph)
+        if key not in self.done:
+            log.info("converting %s for %s", graph, runtime)
+            self.done[key] = INT8_CONVERTERS[runtime](graph, self.work / f"{len(self.done)}-{graph.stem}")
+        return self.done[key]
 
 
 def interleaved(group: list[int], r: int) -> list[int]:
@@ -241,7 +284,7 @@ def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
                      and r.sparsity is not None]
             if len(group) < 2:
                 continue
-            dense = min(group, key=lambda r: (-(r.nonzeros or 0), r.sparsity))
+            dense = min(group, key=densest_first)
             for r in group:
                 if r is not dense:
                     out.append({"flavour": flavour, "runtime": runtime, "artifact": r.label, "baseline": dense.label,
@@ -251,17 +294,22 @@ def speedups(rows: list[BenchRow]) -> list[dict[str, Any]]:
     return out
 
 
-def fastest_dense(rows: list[BenchRow]) -> list[dict[str, Any]]:
-    """Every cell against the fastest runtime on the densest artifact, per flavour: the figure a
-    user deciding whether to prune needs (a sparse kernel that beats a slow dense runtime but not
-    the fastest one buys nothing)."""
+def densest_first(cell: BenchRow | _Cell) -> tuple[int, float]:
+    """Sort key: most stored non-zeros in the decoder blocks, then fewest zeros first."""
+    return -(cell.nonzeros or 0), cell.sparsity or 0.0
+
+
+def fastest_dense(rows: list[BenchRow], baselines: tuple[str, ...] = DENSE_BASELINES) -> list[dict[str, Any]]:
+    """Every cell against the fastest of ``baselines`` on the densest artifact, per flavour: the
+    figure a user deciding whether to prune needs (a sparse kernel that beats a slow dense runtime
+    but not the fastest one buys nothing). With ``INT8_BASELINES``: against dense int8 weights."""
     out = []
     for flavour in sorted({r.flavour for r in rows}):
         group = [r for r in rows if r.flavour == flavour and not r.error and r.sparsity is not None]
         if not group:
             continue
-        densest = min(group, key=lambda r: (-(r.nonzeros or 0), r.sparsity)).artifact
-        base = min((r for r in group if r.artifact == densest and r.runtime in DENSE_BASELINES),
+        densest = min(group, key=densest_first).artifact
+        base = min((r for r in group if r.artifact == densest and r.runtime in baselines),
                    key=lambda r: r.stats["median_ms"], default=None)
         if base is None:
             continue
@@ -293,7 +341,7 @@ def write_report(rows: list[BenchRow], s: BenchSettings, out: Path, title: str =
     table = speedups(rows)
     report = {"title": title, "measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(),
               "settings": s.__dict__, "rows": [r.__dict__ for r in rows], "speedups": table,
-              "fastest_dense": fastest_dense(rows),
+              "fastest_dense": fastest_dense(rows), "fastest_int8_dense": fastest_dense(rows, INT8_BASELINES),
               "sparse_not_faster_in_deepsparse": sparse_not_faster(table), **(extra or {})}
     rendered = {"latency.json": (json.dumps(report, indent=2) + "\n").encode(),
                 "latency.md": _markdown(report).encode(), "latency.png": _plot(rows, title)}
@@ -336,11 +384,13 @@ def _markdown(report: dict[str, Any]) -> str:
               "| graph | runtime | artifact | block sparsity | speedup |", "|---|---|---|---|---|"]
     lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['speedup']:.2f}x"
               f"{round_spread(t.get('round_speedups'))} |" for t in report["speedups"]]
-    lines += ["", "## Speedup over the fastest dense runtime (median / median)", "",
-              "| graph | runtime | artifact | block sparsity | baseline | speedup |", "|---|---|---|---|---|---|"]
-    lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['baseline']} in "
-              f"{t['baseline_runtime']} | {t['speedup']:.2f}x{round_spread(t.get('round_speedups'))} |"
-              for t in report.get("fastest_dense", [])]
+    for key, what in (("fastest_dense", "dense runtime"), ("fastest_int8_dense", "dense int8 runtime")):
+        if key == "fastest_dense" or report.get(key):
+            lines += ["", f"## Speedup over the fastest {what} (median / median)", "",
+                      "| graph | runtime | artifact | block sparsity | baseline | speedup |", "|---|---|---|---|---|---|"]
+            lines += [f"| {t['flavour']} | {t['runtime']} | {t['artifact']} | {t['sparsity']:.2f} | {t['baseline']} in "
+                      f"{t['baseline_runtime']} | {t['speedup']:.2f}x{round_spread(t.get('round_speedups'))} |"
+                      for t in report.get(key, [])]
     bad = report["sparse_not_faster_in_deepsparse"]
     if bad:
         lines += ["", "**Sparse artifacts not faster than dense in DeepSparse:** " +

@@ -40,3 +40,14 @@ def time_runs(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], warmu
         run(sess, feeds)
         times.append(time.perf_counter() - start)
     return times
+
+
+def quantize_weights_int8(src: str | Path, dst: Path) -> Path:
+    """``dst`` = the graph at ``src`` after ONNX Runtime's ``quantize_dynamic(weight_type=QInt8)``
+    with its defaults (int8 weights per tensor, activations quantized per call): what a user who
+    quantizes instead of pruning gets from ONNX Runtime (``bench --runtime onnxruntime-int8``).
+    Weights go to external data, so that graphs past protobuf's 2 GB limit convert too."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, use_external_data_format=True)
+    return dst

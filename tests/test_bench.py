@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runtime.bench import RUNTIMES, BenchRow, BenchSettings, block_sparsity, sparse_not_faster, speedups, summarize
+from runtime.bench import INT8_BASELINES, RUNTIMES, BenchRow, BenchSettings, block_sparsity, sparse_not_faster, speedups, summarize
 from benchmarks.proxies import decomposition
 from export.artifact import export_artifact
 from pipeline.app.cli import main
@@ -83,7 +83,7 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     export_artifact("tiny-llama", art, parity_windows=1, parity_seq_len=32)
     out = tmp_path / "report"
     assert main(["bench", str(art), "--out", str(out), "--repetitions", "3", "--warmup", "1", "--seq-len", "16",
-                 "--past", "8", "--rounds", "2", "--allow-slower"]) == 0
+                 "--past", "8", "--rounds", "2", "--allow-slower", "--runtime", ",".join(RUNTIMES)]) == 0
     report = json.loads((out / "latency.json").read_text())
     cells = {(r["flavour"], r["runtime"]) for r in report["rows"] if not r["error"]}
     expected = {(f, r) for f in ("decode", "prefill") for r in RUNTIMES}
@@ -92,6 +92,39 @@ def test_bench_writes_json_markdown_and_plot(tmp_path):
     assert report["environment"]["cores"] >= 1
     assert (out / "latency.png").stat().st_size > 10_000
     assert "| dense | 0.00 | decode | deepsparse |" in (out / "latency.md").read_text()
+    assert "## Speedup over the fastest dense int8 runtime" in (out / "latency.md").read_text()
+    assert {t["baseline_runtime"] for t in report["fastest_int8_dense"]} <= set(INT8_BASELINES)
+    assert "onnxruntime-int8" not in BenchSettings().runtimes  # opt-in: they convert every graph
+
+
+def test_int8_baselines_time_the_densest_artifact_and_the_head_only(tmp_path, monkeypatch):
+    """Dense int8 is a baseline: converted once per graph and timed on the dense and head-only
+    artifacts only (a pruned graph would run as fast in them, its zeros stored as int8 zeros)."""
+    import runtime.bench as latency
+
+    arts = []
+    for name, weights in (("dense", {"layers.0.w": {"shape": [2, 4], "nonzeros": 8}}),
+                          ("pruned", {"layers.0.w": {"shape": [2, 4], "nonzeros": 3}}), ("head", {})):
+        art = tmp_path / name
+        art.mkdir()
+        (art / "manifest.json").write_text(json.dumps({"weights": weights, "flavours": {"decode": {"file": "m.onnx"}}}))
+        arts.append(art)
+    converted, timed = [], []
+
+    def convert(src, dst):
+        converted.append(src.parent.name)
+        return dst
+
+    monkeypatch.setitem(latency.INT8_CONVERTERS, "onnxruntime-int8", convert)
+    monkeypatch.setattr(latency, "time_cell", lambda runtime, graph, feeds, s: (timed.append((runtime, graph.name)),
+                                                                               ([0.001], {}))[1])
+    monkeypatch.setattr(latency, "_feeds", lambda *a: {})
+    rows = latency.measure(arts, BenchSettings(repetitions=1, rounds=2, runtimes=("onnxruntime", "onnxruntime-int8")))
+    assert {(r.label, r.runtime) for r in rows} == {("dense", "onnxruntime"), ("pruned", "onnxruntime"),
+                                                    ("head", "onnxruntime"), ("dense", "onnxruntime-int8"),
+                                                    ("head", "onnxruntime-int8")}
+    assert sorted(converted) == ["dense", "head"]  # once each, over two rounds
+    assert sum(runtime == "onnxruntime-int8" for runtime, _ in timed) == 4
 
 
 def test_rounds_interleave_artifacts_so_drift_favours_none(tmp_path, monkeypatch):
@@ -160,12 +193,18 @@ def test_proxy_recipes_parse():
     recipes = sorted((Path(__file__).parent.parent / "recipes" / "proxies").glob("*.yaml"))
     assert len(recipes) >= 4
     for recipe in recipes:
-        args = argparse.Namespace(proxy="llama7b", blocks=2, variant=None, compare=[], out=None)
+        args = argparse.Namespace(proxy="llama7b", blocks=2, variant=None, compare=[], runtime="onnxruntime", out=None)
         _apply_recipe(args, yaml.safe_load(recipe.read_text()))
         labels = {v.label for v in args.variant}
         assert all(pair.split("=")[0] in labels and pair.split("=")[1] in labels for pair in args.compare)
+        BenchSettings(runtimes=tuple(args.runtime.split(",")))
+        if recipe.stem == "llama7b-int8":
+            assert {v.label: v.quantize for v in args.variant}["owl-wanda-70-int8"] == "rtn"
+            assert set(INT8_BASELINES) <= set(args.runtime.split(","))
     with pytest.raises(SparseDeployError, match="'variantz'"):
         _apply_recipe(argparse.Namespace(), {"proxy": "llama7b", "variantz": []})
+    with pytest.raises(SparseDeployError, match="quantize: method 'gtpq'"):
+        _apply_recipe(argparse.Namespace(blocks=2), {"proxy": "llama7b", "variants": ["x=wanda:0.5:quantize=gtpq"]})
 
 
 def test_benchmark_caches_are_keyed_on_the_code(tmp_path, monkeypatch):
