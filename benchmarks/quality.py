@@ -9,6 +9,9 @@ side in one run:
 * ``oats`` (~60 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression (60% also
   calibrated on 32 x 2048 tokens) ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
+* ``int8`` (~30 min): dense, Wanda 50% and SparseGPT 50%, each in f32 and with int8 weights
+  (round-to-nearest and GPTQ-compensated, pipeline/quantize.py) ->
+  ``benchmarks/results/quality_int8_smollm2.{json,md}``;
 * ``osscar`` (~125 min: 40 rows; 24 of them took 83 min, the 6 exact-search rows 19 min): structured
   removal (norm baseline, OSSCAR greedy, OSSCAR + batch or exact local search) of 25% / 50% of MLP
   neurons, of one KV group of heads, and of 1 or 2 query heads within each KV group ->
@@ -101,6 +104,17 @@ def _osscar_suite() -> list[dict[str, Any]]:
     return configs
 
 
+def _int8_suite() -> list[dict[str, Any]]:
+    """What int8 weights (pipeline/quantize.py: symmetric per output channel) cost on top of
+    pruning, plain round-to-nearest and with GPTQ's compensation, dense and at 50%."""
+    configs: list[dict[str, Any]] = []
+    for name, prune in (("dense", {"method": None}), ("wanda-50", {"method": "wanda", "sparsity": 0.5}),
+                        ("sparsegpt-50", {"method": "sparsegpt", "sparsity": 0.5})):
+        configs += [{"name": name, **prune},
+                    *({"name": f"{name}-int8-{q}", **prune, "quantize": {"method": q}} for q in ("rtn", "gptq"))]
+    return configs
+
+
 SUITES: dict[str, list[dict[str, Any]]] = {
     "baselines": [
         {"name": "dense", "method": None},
@@ -112,8 +126,10 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     ],
     "oats": _oats_suite(),
     "osscar": _osscar_suite(),
+    "int8": _int8_suite(),
 }
-OUTPUT = {"baselines": "quality_smollm2", "oats": "quality_oats_smollm2", "osscar": "quality_osscar_smollm2"}
+OUTPUT = {"baselines": "quality_smollm2", "oats": "quality_oats_smollm2", "osscar": "quality_osscar_smollm2",
+          "int8": "quality_int8_smollm2"}
 
 
 def config_pruner(config: dict[str, Any]) -> Pruner:
@@ -143,12 +159,26 @@ def run_one(config: dict[str, Any], eval_windows: int, eval_seq_len: int) -> dic
         row.update(recipe=result.method, target=result.target_sparsity, timings_s=result.timings_s,
                    calibration=result.calibration, block_sparsity=result.block_sparsity,
                    diagnostics=result.diagnostics)
+    if config.get("quantize"):
+        row["quantization"] = _quantize(loaded, config["quantize"], CalibrationConfig(**config.get("calibration", {})))
     report = sparsity_report(loaded.model)
     ppl = perplexity(loaded.model, loaded.tokenizer, "wiki", eval_windows, eval_seq_len)
     row.update(perplexity=ppl.perplexity, eval=ppl.to_dict(), achieved_sparsity=report["blocks_linear"]["sparsity"],
                model_sparsity=report["model"]["sparsity"], block_params=report["blocks_linear"]["params"],
                model_params=report["model"]["params"], peak_rss_mb=peak_rss_mb())
     return row
+
+
+def _quantize(loaded: Any, settings: dict[str, Any], calibration: Any) -> dict[str, Any]:
+    """Quantize in place as the recipe's ``quantize`` step does (gptq on the same calibration
+    windows as the pruner); the settings and the worst layer's errors for the row."""
+    from pipeline.prune import calibration_batches
+    from pipeline.quantize import QuantizeConfig, quantize_model, worst_layer
+
+    config = QuantizeConfig(**settings)
+    start = time.perf_counter()
+    entry = quantize_model(loaded, config, calibration_batches(loaded, calibration) if config.needs_calibration else None)
+    return {"settings": entry["settings"], "worst_layer": worst_layer(entry), "time_s": time.perf_counter() - start}
 
 
 # The papers' claims this benchmark checks: (better, worse) pairs of config names.
@@ -177,6 +207,10 @@ CLAIMS = [
        f"OSSCAR local search below OSSCAR greedy with ridge 1e-4 ({t})") for t in ("headsq33", "headsq67")),
     *((f"osscar-{t}-exact", f"osscar-greedy-{t}", f"OSSCAR exact single-swap search below OSSCAR greedy ({t})")
       for t in ("mlp25", "mlp50", "headsq33", "headsq67")),
+    *((f"{p}-int8-gptq", f"{p}-int8-rtn", f"GPTQ's compensation below round-to-nearest int8 ({p})")
+      for p in ("dense", "wanda-50", "sparsegpt-50")),
+    *((p, f"{p}-int8-{q}", f"int8 ({q}) costs perplexity on top of {p} (f32 below int8)")
+      for p in ("dense", "wanda-50", "sparsegpt-50") for q in ("rtn", "gptq")),
     *((f"osscar-{t}-step100-exact", f"osscar-greedy-{t}-step100",
        f"OSSCAR exact single-swap search below OSSCAR greedy from a coarse start ({t})") for t in ("mlp25", "mlp50")),
 ]
@@ -234,6 +268,20 @@ def _solver_section(rows: list[dict[str, Any]]) -> list[str]:
             "| config | units | layers | greedy | final | reduction | swaps accepted | greedy start exactly optimal "
             "| final exactly optimal |",
             "|---|---|---|---|---|---|---|---|---|", *lines]
+
+
+def _int8_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The int8 rows' settings and worst layer (relative weight error ||W_q - W|| / ||W||)."""
+    lines = [f"| {r['name']} | {r['quantization']['settings']['method']} | {r['quantization']['worst_layer']['layer']} | "
+             f"{r['quantization']['worst_layer']['weight_error']:.4f} | {r['quantization']['time_s']:.0f} |"
+             for r in rows if r.get("quantization")]
+    if not lines:
+        return []
+    return ["", "## int8 weights", "",
+            "Symmetric int8 per output channel (scale = max |row| / 127) of every decoder-block Linear after pruning, "
+            "pruned weights kept at zero; `gptq` pushes each column's rounding error onto the columns not yet rounded "
+            "(SparseGPT's sweep, mask fixed) on the pruner's calibration windows. Worst layer by relative weight error.",
+            "", "| config | method | worst layer | its weight error | quantize time (s) |", "|---|---|---|---|---|", *lines]
 
 
 def _optimal_share(layers: list[dict[str, float]], stage: str) -> str:
@@ -298,7 +346,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
             f"{'-' if params is None else f'{params / 1e6:.2f}'} | {r['perplexity']:.2f} | "
             f"{'-' if t is None else f'{t:.0f}'} | {r['peak_rss_mb']:.0f} | {r.get('measured', measured)} |"
         )
-    lines += [*_solver_section(rows), "", "## Claims checked", "", *_checks(rows)]
+    lines += [*_solver_section(rows), *_int8_section(rows), "", "## Claims checked", "", *_checks(rows)]
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"

@@ -247,6 +247,12 @@ def blocks_prefix(model: PreTrainedModel) -> str:
     return f"{base}.{inner}" if base and hasattr(model, base) else inner
 
 
+def block_linear_layers(model: PreTrainedModel) -> dict[str, nn.Linear]:
+    """Every block's prunable Linear layers, named ``"{block index}.{name in the block}"``."""
+    return {f"{i}.{name}": layer for i, block in enumerate(transformer_blocks(model))
+            for name, layer in linear_layers(block).items()}
+
+
 def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
     """The prunable Linear layers of one block, by name relative to the block. A module that
     declares ``decomposes_one_layer`` (OATS's sparse + low-rank layer) holds the parts of one

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.architectures import ModelKind, linear_layers, transformer_blocks
+from pipeline.architectures import ModelKind, block_linear_layers, transformer_blocks
 from pipeline.atomic import atomic_directory
 from pipeline.data import TextProtocol, calibration_samples, text_source_path, token_batches
 from pipeline.environment import describe, peak_rss_mb
@@ -111,18 +111,13 @@ def calibration_batches(loaded: LoadedModel, calibration: CalibrationConfig) -> 
     return token_batches(ids, calibration.batch_size, causal_lm=loaded.spec.kind is ModelKind.CAUSAL_LM)
 
 
-def _all_block_layers(loaded: LoadedModel) -> dict[str, torch.nn.Linear]:
-    return {f"{i}.{name}": layer for i, block in enumerate(transformer_blocks(loaded.model))
-            for name, layer in linear_layers(block).items()}
-
-
 def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, calibration: CalibrationConfig,
                 owl: OWLConfig | None = None, batches: list[dict[str, Any]] | None = None) -> PruneResult:
     """Prune ``loaded.model`` in place. ``batches`` overrides the text calibration (vision)."""
     target = check_sparsity(sparsity, pruner)
     if owl is not None and pruner.implied_sparsity() is not None:
         raise SparseDeployError("OWL allocates unstructured per-block sparsities; it does not combine with N:M here")
-    pruner.check_model(_all_block_layers(loaded))
+    pruner.check_model(block_linear_layers(loaded.model))
     batches = batches if batches is not None else calibration_batches(loaded, calibration)
     n_blocks = len(transformer_blocks(loaded.model))
     timings: dict[str, float] = {}

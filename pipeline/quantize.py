@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.architectures import linear_layers, transformer_blocks
+from pipeline.architectures import block_linear_layers
 from pipeline.errors import SparseDeployError
 from pipeline.models import LoadedModel
 from pipeline.progress import progress
@@ -150,14 +150,9 @@ def worst_layer(entry: dict[str, Any]) -> dict[str, Any]:
     return max(entry["layers"], key=lambda e: e["weight_error"])
 
 
-def _block_layers(loaded: LoadedModel) -> dict[str, nn.Linear]:
-    return {f"{i}.{name}": layer for i, block in enumerate(transformer_blocks(loaded.model))
-            for name, layer in linear_layers(block).items()}
-
-
 def check_quantizable(loaded: LoadedModel) -> None:
     """Every block Linear has a grid (finite, not all zeros): checked before any compute."""
-    for name, layer in _block_layers(loaded).items():
+    for name, layer in block_linear_layers(loaded.model).items():
         channel_scales(layer.weight.data, name)
 
 
@@ -168,7 +163,7 @@ def quantize_model(loaded: LoadedModel, config: QuantizeConfig,
     ``quantization`` entry (settings and the error per layer). ``batches``: the calibration
     windows, needed by ``gptq`` only."""
     check_quantizable(loaded)
-    if not _block_layers(loaded):
+    if not block_linear_layers(loaded.model):
         raise SparseDeployError("quantize: the model has no plain Linear layers left (OATS's sparse + low-rank "
                                 "layers are not quantized)")
     layers: list[dict[str, Any]] = []
@@ -183,7 +178,7 @@ def quantize_model(loaded: LoadedModel, config: QuantizeConfig,
 
         calibrate_sequentially(loaded.model, batches, frozenset({Statistic.GRAM}), visit, description="quantize (gptq)")
     else:
-        for name, layer in progress(_block_layers(loaded).items(), desc="quantize (rtn)", unit="layers"):
+        for name, layer in progress(block_linear_layers(loaded.model).items(), desc="quantize (rtn)", unit="layers"):
             layers.append(_quantize_layer(name, layer, config, None))
     entry = {**asdict(config), "scheme": "symmetric, zero point 0, scale = max |row| / 127, stored dequantized (f32)",
              "layers": layers}

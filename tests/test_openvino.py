@@ -177,3 +177,23 @@ def test_weights_on_an_int8_grid_run_int8_values(llama_artifact, tmp_path, monke
     monkeypatch.delenv("SPARSE_DEPLOY_OV_VALUES")
     _, plain = _ov_logits(llama_artifact / "prefill" / "model.onnx", prefill)
     assert plain.values == {"f32": plain.sparse}  # off the grid: f32 values, never rounded
+
+
+def test_dense_int8_baselines_compute_the_same_model(llama_artifact, tmp_path):
+    """The bench's int8 baselines (what a user would run instead of pruning) are the same model
+    with int8 weights: logits within 3% of the f32 logits' range of ONNX Runtime's f32 ones, the
+    same greedy token; OpenVINO's holds every MatMul weight as i8."""
+    from runtime.onnxruntime_runner import quantize_weights_int8
+
+    graph = llama_artifact / "prefill" / "model.onnx"
+    feeds = {"input_ids": _ids(16)}
+    expected = ort_run(session(graph), feeds)[0]
+    ov_graph = openvino_runner.compress_weights_int8(graph, tmp_path / "ov-int8.xml")
+    compiled, _ = openvino_runner.compile_model(ov_graph, sparse=False, threads=2)
+    _, model, _ = openvino_runner.read_model(ov_graph, sparse=False)
+    constants = [n for n in model.get_ordered_ops() if n.get_type_name() == "Constant"]
+    assert sum(n.get_element_type().get_type_name() == "i8" for n in constants) >= 7 * 2
+    for logits in (openvino_runner.run(compiled, feeds)[0],
+                   ort_run(session(quantize_weights_int8(graph, tmp_path / "ort-int8.onnx")), feeds)[0]):
+        assert np.abs(logits - expected).max() < 0.03 * np.ptp(expected)
+        assert np.array_equal(logits[0, -1].argmax(-1), expected[0, -1].argmax(-1))
