@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/sparse-deploy run recipes/demo.yaml --out $(DEMO_OUT)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # the slowest tests, to keep the suite in its 20-minute budget
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -58,3 +58,25 @@ def _no_markers(tmp_path):
     path = tmp_path / "plain.md"
     path.write_text("no markers here\n")
     return path
+
+
+def test_int8_figures_are_per_block_against_the_fastest_dense_int8_runtime(tmp_path):
+    """The int8 run's own rows: sparse + int8 against the fastest int8 baseline's dense block (and
+    the fastest f32 one), with that run's hardware kept next to the figures."""
+    times = {("dense", "onnxruntime"): 50.0, ("dense", "onnxruntime-int8"): 20.0, ("dense", "openvino-int8"): 24.0,
+             ("owl-wanda-70-int8", "openvino-sparse"): 16.0, ("dense", "openvino-sparse"): 50.0}
+    rows = [BenchRow("a", label, None if label == "head-only" else 0.0, flavour, runtime,
+                     stats={"median_ms": 4.0 if label == "head-only" else times.get((label, runtime), 50.0)})
+            for flavour in ("decode", "prefill") for runtime in ("onnxruntime", "openvino-sparse", "onnxruntime-int8",
+                                                                 "openvino-int8")
+            for label in ("dense", "owl-wanda-70-int8", "head-only")
+            if not (runtime.endswith("int8") and label == "owl-wanda-70-int8")]
+    report = {**_report(), "rows": [r.__dict__ for r in rows], "environment": {"cpu": "zen3", "cores": 2, "isa": "avx2"}}
+    int8 = hl.int8_figures(report, tmp_path / "int8" / "latency.json")
+    figures = {k: f["speedup"] for k, f in int8["figures"].items()}
+    assert figures["decode_speedup_sparse_int8_70_vs_int8_dense"] == pytest.approx(8 / 6, abs=1e-3)  # (20-4)/2 vs (16-4)/2
+    assert figures["decode_speedup_sparse_int8_70_vs_fp32"] == pytest.approx(23 / 6, abs=1e-3)
+    assert int8["run"]["baseline_runtime_int8"] == "onnxruntime-int8" and int8["run"]["isa"] == "avx2"
+    h = hl.headline(_report(), tmp_path / "latency.json", int8)
+    assert h["int8_run"]["hardware"] == "zen3, 2 cores" and h["isa"] == "avx512"
+    assert "| OWL+Wanda 70% + int8 vs dense int8, decode, openvino-sparse | **1.33x** |" in hl.readme_table(h)
