@@ -12,6 +12,10 @@ OpenVINO runs here twice, as itself (``openvino``) and with the project's sparse
 extension (``openvino-sparse``, ``runtime/openvino_runner.py``). Besides each runtime's
 sparse-vs-dense ratio, every cell is compared with the fastest dense runtime of the same run
 (``fastest_dense``): a sparse kernel only counts if it beats the best dense one there is.
+Two opt-in runtimes are what a user who quantizes instead of pruning would run, the densest
+artifact's graphs with int8 weights (``onnxruntime-int8``: ``quantize_dynamic``;
+``openvino-int8``: OpenVINO's own weight compression), and the report adds every cell against
+the fastest of them (sparse + int8 must beat dense int8, not dense f32).
 When an artifact with sparse weights is not faster than its dense twin in DeepSparse
 (decode), the run fails loudly: such a graph is probably not on DeepSparse's sparse kernels.
 """
@@ -126,7 +130,7 @@ def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
               s: BenchSettings) -> tuple[list[float], dict[str, Any]]:
     """Timed runs (seconds) of one graph in one runtime, and what the runtime says about it
     (also the kernel sweeps' timer). An int8 runtime takes the graph its converter wrote
-    (``int8_graph``)."""
+    (``INT8_CONVERTERS``; ``measure`` converts each graph once)."""
     if runtime.startswith("onnxruntime"):
         return time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions), {}
     if runtime.startswith("openvino"):
@@ -227,7 +231,8 @@ class _Int8Graphs:
     """The int8 runtimes' graphs, converted once per bench (the first round) into ``work``."""
 
     def __init__(self, work: Path) -> None:
-        self.work, self.done = work, {}
+        self.work = work
+        self.done: dict[tuple[str, Path], Path] = {}
 
     def get(self, runtime: str, graph: Path) -> Path:
         if runtime not in INT8_CONVERTERS:
