@@ -9,7 +9,8 @@ side in one run:
 * ``oats`` (~60 min): OATS and OATS+OWL vs Wanda and SparseGPT at 50% and 60% compression (60% also
   calibrated on 32 x 2048 tokens) ->
   ``benchmarks/results/quality_oats_smollm2.{json,md}``;
-* ``int8`` (~30 min): dense, Wanda 50% and SparseGPT 50%, each in f32 and with int8 weights
+* ``int8`` (~60 min; a gptq row ~12 min with other work on the cores): dense, Wanda 50% and
+  SparseGPT 50%, each in f32 and with int8 weights
   (round-to-nearest and GPTQ-compensated, pipeline/quantize.py) ->
   ``benchmarks/results/quality_int8_smollm2.{json,md}``;
 * ``osscar`` (~125 min: 40 rows; 24 of them took 83 min, the 6 exact-search rows 19 min): structured
