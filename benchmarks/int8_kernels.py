@@ -46,7 +46,6 @@ RESULTS = Path(__file__).parent / "results"
 SPARSITIES = (0.5, 0.7, 0.9)
 ROWS = (1, 8, 128)
 DENSE_F32 = ("onnxruntime", "openvino")
-DENSE_INT8 = INT8_BASELINES
 SETTINGS = BenchSettings(warmup=5, repetitions=20, rounds=2, min_sparsity=0.01)
 
 
@@ -71,7 +70,7 @@ def _graphs(rows: int, work: Path) -> dict[tuple[str, float, str], Path]:
     dense = work / "dense.onnx"
     build_graph(dense, FORM, rows, 0.0)
     graphs = {("onnxruntime", 0.0, "f32"): dense, ("openvino", 0.0, "f32"): dense}
-    for runtime in DENSE_INT8:
+    for runtime in INT8_BASELINES:
         graphs[(runtime, 0.0, "int8")] = INT8_CONVERTERS[runtime](dense, work / f"dense-{runtime}")
     for s in SPARSITIES:
         f32, grid = work / f"sparse-{s}.onnx", work / f"sparse-{s}-int8.onnx"
@@ -113,7 +112,7 @@ def derive(cells: list[dict[str, Any]]) -> None:
     for rows in {c["rows"] for c in cells}:
         group = [c for c in cells if c["rows"] == rows]
         bases = {kind: min((c for c in group if c["runtime"] in names), key=lambda c: c["median_ms"])
-                 for kind, names in (("f32", DENSE_F32), ("int8", DENSE_INT8))}
+                 for kind, names in (("f32", DENSE_F32), ("int8", INT8_BASELINES))}
         for c in group:
             bpw = bytes_per_weight(c["runtime"], c["sparsity"], c["values"])
             c.update(bytes_per_weight=bpw, gb_per_s=WEIGHTS * bpw / (c["median_ms"] / 1000) / 1e9)
