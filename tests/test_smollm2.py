@@ -88,8 +88,7 @@ def _first_blocks(loaded, blocks: int, out):
 def test_pruned_smollm2_artifact_generates_like_torch(tmp_path, smollm2):
     """Parity on the real model's blocks, and a real client: optimum's generate() from the
     artifact. Four of the 30 blocks (every block is the same code): with all 30 this was the
-    suite's slowest test, 472 s on a Zen 3 machine; with four, 111 s there while another job
-    shared the two cores."""
+    suite's slowest test, 472 s on a Zen 3 machine; with four, 57 s there (`make test`'s durations)."""
     from optimum.onnxruntime import ORTModelForCausalLM
 
     from export.artifact import export_artifact
