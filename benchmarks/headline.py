@@ -55,8 +55,9 @@ def int8_figures(report: dict[str, Any], source: Path) -> dict[str, Any]:
     """Sparse + int8 against dense int8 and dense f32, per decoder block, from the int8 proxy run
     (recipes/proxies/llama7b-int8.yaml: its own run, so its own hardware and date)."""
     rows = [BenchRow(**r) for r in report["rows"]]
-    vs_int8, _ = fastest_dense_blocks(rows, BLOCKS, INT8_BASELINES)
-    vs_fp32, _ = fastest_dense_blocks(rows, BLOCKS)
+    heads = report.get("head_references", {})  # absent before int8 heads: every variant on head-only
+    vs_int8, _ = fastest_dense_blocks(rows, BLOCKS, INT8_BASELINES, heads)
+    vs_fp32, _ = fastest_dense_blocks(rows, BLOCKS, heads=heads)
     env = report["environment"]
     figures = {
         "decode_speedup_sparse_int8_70_vs_int8_dense": _figure(_cell(vs_int8, "decode", SPARSE_RUNTIME, INT8_VARIANT)),

@@ -10,7 +10,9 @@ With two blocks the dense embedding and head weigh far more than in the 32-block
 besides the measured end-to-end figure we report, each labelled as what it is:
 
 * decoder blocks alone: ``(T(proxy) - T(head-only)) / blocks``, where the head-only
-  artifact is the same model with zero blocks (embedding, final norm, lm_head);
+  artifact is the same model with zero blocks (embedding, final norm, lm_head); a variant whose
+  LM head is int8 (``quantize=...:head``) has its own reference, ``head-only-int8`` (the head on
+  the same grid), so that its blocks are not credited with what the int8 head saves;
 * end-to-end extrapolated to the real depth: ``T(head-only) + depth * T(block)``.
 
     python -m benchmarks.proxies --proxy llama7b [--blocks 2] [--variant pruned=wanda:0.7:owl]
@@ -45,7 +47,7 @@ from pipeline.models import DEFAULT_MODEL, cache_dir, load_model
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
 from pipeline.pruners import build_pruner, parse_params
-from pipeline.quantize import QuantizeConfig, quantize_model
+from pipeline.quantize import QuantizeConfig, quantize_head, quantize_model
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -75,6 +77,21 @@ def build_proxy(name: str, blocks: int) -> Path:
     return out
 
 
+HEAD_ONLY, HEAD_ONLY_INT8 = "head-only", "head-only-int8"  # the zero-block references (module docstring)
+
+
+def int8_head_proxy(head_dir: Path) -> Path:
+    """The head-only proxy with its LM head rounded onto its int8 grid (cached, keyed on the code)."""
+    out = code_keyed(head_dir.parent / f"{head_dir.name}-int8-head")
+    if not (out / "config.json").is_file():
+        drop_stale(out)
+        loaded = load_model(str(head_dir))
+        quantize_head(loaded)
+        with atomic_directory(out, overwrite=True) as tmp:
+            loaded.model.save_pretrained(tmp)
+    return out
+
+
 def proxy_batches(vocab: int, samples: int, seq_len: int) -> list[dict[str, Any]]:
     """The usual calibration text, tokenized by smollm2's tokenizer, ids folded into ``vocab``."""
     tokenizer = load_model(DEFAULT_MODEL).tokenizer
@@ -84,16 +101,17 @@ def proxy_batches(vocab: int, samples: int, seq_len: int) -> list[dict[str, Any]
 
 @dataclass(frozen=True)
 class Variant:
-    """A pruned twin of the proxy: ``LABEL=METHOD:SPARSITY[:owl][:quantize=rtn|gptq][:KEY=VALUE...]``
+    """A pruned twin of the proxy: ``LABEL=METHOD:SPARSITY[:owl][:quantize=rtn|gptq[:head]][:KEY=VALUE...]``
     on the command line, e.g. ``oats-50=oats:0.5:iterations=20``; ``quantize`` adds the recipe's
-    int8 step (pipeline/quantize.py) after pruning."""
+    int8 step (pipeline/quantize.py) after pruning, ``head`` has it quantize the LM head too (as
+    the dense int8 baselines do)."""
 
     label: str
     method: str
     sparsity: float
     owl: bool = False
     params: tuple[tuple[str, Any], ...] = ()
-    quantize: str | None = None  # the int8 method, or None for f32 weights
+    quantize: QuantizeConfig | None = None  # None for f32 weights
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
@@ -101,23 +119,32 @@ class Variant:
         parts = spec.split(":")
         if not sep or len(parts) < 2:
             raise SparseDeployError(f"bad variant '{text}': expected "
-                                    "LABEL=METHOD:SPARSITY[:owl][:quantize=rtn|gptq][:KEY=VALUE...]")
-        params = parse_params([part for part in parts[2:] if part != "owl"])
-        quantize = params.pop("quantize", None)
-        if quantize is not None:
-            QuantizeConfig(method=str(quantize))  # an unknown method fails here, before any compute
-        return cls(label, parts[0], float(parts[1]), "owl" in parts[2:], tuple(params.items()),
-                   None if quantize is None else str(quantize))
+                                    "LABEL=METHOD:SPARSITY[:owl][:quantize=rtn|gptq[:head]][:KEY=VALUE...]")
+        flags = {part for part in parts[2:] if part in ("owl", "head")}
+        params = parse_params([part for part in parts[2:] if part not in flags])
+        method = params.pop("quantize", None)
+        if "head" in flags and method is None:
+            raise SparseDeployError(f"bad variant '{text}': head quantizes the LM head, so it needs quantize=rtn|gptq")
+        # an unknown method fails here, before any compute
+        quantize = None if method is None else QuantizeConfig(method=str(method), head="head" in flags)
+        return cls(label, parts[0], float(parts[1]), "owl" in flags, tuple(params.items()), quantize)
+
+    @property
+    def head_reference(self) -> str:
+        """The head-only row subtracted from this variant's time (module docstring)."""
+        return HEAD_ONLY_INT8 if self.quantize and self.quantize.head else HEAD_ONLY
 
     def describe(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.params)
-        int8 = f" + int8 ({self.quantize})" if self.quantize else ""
+        q = self.quantize
+        int8 = f" + int8 ({q.method}{', head too' if q.head else ''})" if q else ""
         return f"{'OWL+' if self.owl else ''}{self.method} {self.sparsity:.0%}{extra}{int8}"
 
     def directory_tag(self) -> str:
-        key = (self.method, self.sparsity, self.owl, self.params) + ((self.quantize,) if self.quantize else ())
+        q = self.quantize
+        key = (self.method, self.sparsity, self.owl, self.params) + ((q.method,) if q else ()) + (("head",) if q and q.head else ())
         digest = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
-        return f"{self.method}{'-owl' if self.owl else ''}-{int(self.sparsity * 100)}{'-int8' if self.quantize else ''}-{digest}"
+        return f"{self.method}{'-owl' if self.owl else ''}-{int(self.sparsity * 100)}{'-int8' if q else ''}-{digest}"
 
 
 def _pruned_dir(source: Path, variant: Variant) -> Path:
@@ -136,7 +163,7 @@ def prune_proxy(source: Path, variant: Variant, samples: int, seq_len: int) -> P
         record = build_record(loaded, result)
         record["recipe"]["calibration"]["note"] = "smollm2 token ids folded into the proxy vocabulary"
         if variant.quantize:
-            record["recipe"]["quantization"] = quantize_model(loaded, QuantizeConfig(method=variant.quantize), batches)
+            record["recipe"]["quantization"] = quantize_model(loaded, variant.quantize, batches)
         save_pruned(loaded, record, out, overwrite=True)
     return out
 
@@ -166,27 +193,41 @@ def variant_artifact(source: Path, variant: Variant, samples: int, seq_len: int,
     return artifact
 
 
-def decomposition(rows: list[BenchRow], blocks: int, depth: int,
-                  baselines: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+def _block_cells(stats: dict[str, dict[str, Any]], blocks: int,
+                 heads: dict[str, str]) -> tuple[dict[str, float], dict[str, float]] | None:
+    """``(block ms, head-only ms)`` per label of one (flavour, runtime) cell, each label's
+    head-only reference (``heads``, default ``head-only``) subtracted; None when a reference
+    or the dense row is missing."""
+    labels = [k for k in stats if k not in (HEAD_ONLY, HEAD_ONLY_INT8)]
+    if "dense" not in labels or any(heads.get(k, HEAD_ONLY) not in stats for k in labels):
+        return None
+    head = {k: stats[heads.get(k, HEAD_ONLY)]["median_ms"] for k in labels}
+    return {k: (stats[k]["median_ms"] - head[k]) / blocks for k in labels}, head
+
+
+def decomposition(rows: list[BenchRow], blocks: int, depth: int, baselines: dict[str, str] | None = None,
+                  heads: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Per-block time and depth-extrapolated end-to-end speedups of every pruned variant, from
-    the head-only row; against dense, and against ``baselines[variant]`` (another variant:
-    OATS vs Wanda at the same compression) where given."""
-    baselines = baselines or {}
+    its head-only reference (``heads``: label -> reference, default ``head-only``); against
+    dense, and against ``baselines[variant]`` (another variant: OATS vs Wanda at the same
+    compression) where given."""
+    baselines, heads = baselines or {}, heads or {}
     table = []
     for flavour in sorted({r.flavour for r in rows}):
         for runtime in sorted({r.runtime for r in rows}):
             stats = {r.label: r.stats for r in rows if r.flavour == flavour and r.runtime == runtime and not r.error}
-            cell = {label: st["median_ms"] for label, st in stats.items()}
-            if not {"dense", "head-only", *baselines.values()} <= cell.keys():
+            cells = _block_cells(stats, blocks, heads)
+            if cells is None or not set(baselines.values()) <= cells[0].keys():
                 continue
-            head = cell.pop("head-only")
-            block = {k: (v - head) / blocks for k, v in cell.items()}
-            rounds = _round_blocks(stats)
-            e2e = {k: head + depth * b for k, b in block.items()}
+            block, head = cells
+            cell = {label: stats[label]["median_ms"] for label in block}
+            rounds = _round_blocks(stats, heads)
+            e2e = {k: head[k] + depth * b for k, b in block.items()}
             for label in cell:
                 if label == "dense":
                     continue
-                entry = {"flavour": flavour, "runtime": runtime, "variant": label, "head_ms": head,
+                entry = {"flavour": flavour, "runtime": runtime, "variant": label, "head_ms": head[label],
+                         "head_reference": heads.get(label, HEAD_ONLY),
                          "block_ms": {"dense": block["dense"], label: block[label]},
                          "measured_speedup": cell["dense"] / cell[label],
                          "blocks_speedup": block["dense"] / block[label] if block[label] > 0 else None,
@@ -203,10 +244,12 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
                                             "extrapolated_speedup": e2e[baseline] / e2e[label]}
                 table.append(entry)
     against = " | decoder blocks vs baseline | extrapolated vs baseline" if baselines else ""
+    int8_head = (f" A variant with an int8 LM head is referred to {HEAD_ONLY_INT8} (the same, its head on the int8 "
+                 "grid); its head-only ms below is that one's." if HEAD_ONLY_INT8 in heads.values() else "")
     lines = ["## Decomposition", "",
              f"Head-only = the same model with 0 blocks (embedding, final norm, lm_head). Block time = (proxy - "
              f"head-only) / {blocks}. Extrapolated = head-only + {depth} x block time: an estimate for the real "
-             "depth, not a measurement.", "",
+             f"depth, not a measurement.{int8_head}", "",
              f"| graph | runtime | variant | head-only ms | block ms dense -> variant | decoder blocks speedup | "
              f"measured {blocks}-block speedup | extrapolated {depth}-block speedup{against} |",
              "|---|---|---|---|---|---|---|---|" + ("---|---|" if against else "")]
@@ -225,28 +268,30 @@ def decomposition(rows: list[BenchRow], blocks: int, depth: int,
     return table, "\n".join(lines)
 
 
-def fastest_dense_blocks(rows: list[BenchRow], blocks: int,
-                         baselines: tuple[str, ...] = DENSE_BASELINES) -> tuple[list[dict[str, Any]], str]:
+def fastest_dense_blocks(rows: list[BenchRow], blocks: int, baselines: tuple[str, ...] = DENSE_BASELINES,
+                         heads: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Per-block time of every (variant, runtime) against the dense block of the fastest of
     ``baselines``, per flavour: the headline comparison (a sparse kernel counts only if it beats
-    the best dense one; with ``INT8_BASELINES``, the best dense int8 one)."""
+    the best dense one; with ``INT8_BASELINES``, the best dense int8 one). ``heads``: as in
+    ``decomposition``."""
+    heads = heads or {}
     table = []
     for flavour in sorted({r.flavour for r in rows}):
         by_runtime: dict[str, dict[str, dict[str, Any]]] = {}
         for r in rows:
             if r.flavour == flavour and not r.error:
                 by_runtime.setdefault(r.runtime, {})[r.label] = r.stats
-        block = {rt: {k: (v["median_ms"] - st["head-only"]["median_ms"]) / blocks for k, v in st.items()
-                      if k != "head-only"} for rt, st in by_runtime.items() if {"dense", "head-only"} <= st.keys()}
+        block = {rt: cells[0] for rt, st in by_runtime.items()
+                 if (cells := _block_cells(st, blocks, heads)) is not None}
         if not block:
             continue
         candidates = [rt for rt in block if rt in baselines]
         if not candidates:
             continue
         base_rt = min(candidates, key=lambda rt: block[rt]["dense"])
-        base_rounds = _round_blocks(by_runtime[base_rt])["dense"]
+        base_rounds = _round_blocks(by_runtime[base_rt], heads)["dense"]
         for rt, cells in block.items():
-            rounds = _round_blocks(by_runtime[rt])
+            rounds = _round_blocks(by_runtime[rt], heads)
             for label, ms in cells.items():
                 if (rt, label) == (base_rt, "dense") or ms <= 0:
                     continue
@@ -265,11 +310,12 @@ def fastest_dense_blocks(rows: list[BenchRow], blocks: int,
     return table, "\n".join(lines)
 
 
-def _round_blocks(stats: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
-    """Per-round block times, each round's head-only time subtracted from the same round's."""
-    head = stats["head-only"].get("round_medians_ms", [])
-    return {label: [v - h for v, h in zip(st.get("round_medians_ms", []), head)]
-            for label, st in stats.items() if label != "head-only"}
+def _round_blocks(stats: dict[str, dict[str, Any]], heads: dict[str, str]) -> dict[str, list[float]]:
+    """Per-round block times, each round's head-only time (the label's reference) subtracted
+    from the same round's."""
+    return {label: [v - h for v, h in zip(st.get("round_medians_ms", []),
+                                          stats[heads.get(label, HEAD_ONLY)].get("round_medians_ms", []))]
+            for label, st in stats.items() if label not in (HEAD_ONLY, HEAD_ONLY_INT8)}
 
 
 def artifact_sizes(artifacts: dict[str, Path]) -> tuple[dict[str, Any], str]:
@@ -338,26 +384,31 @@ def main(argv: list[str] | None = None) -> int:
     head_dir = build_proxy(args.proxy, 0)
     variants = args.variant or [Variant.parse("pruned=wanda:0.7:owl")]
     labels = [v.label for v in variants]
-    if len(set(labels)) != len(labels) or {"dense", "head-only"} & set(labels):
-        raise SparseDeployError("variant labels must be unique and not 'dense' or 'head-only'")
+    if len(set(labels)) != len(labels) or {"dense", HEAD_ONLY, HEAD_ONLY_INT8} & set(labels):
+        raise SparseDeployError(f"variant labels must be unique and not 'dense', '{HEAD_ONLY}' or '{HEAD_ONLY_INT8}'")
     baselines = dict(pair.split("=", 1) for pair in args.compare if "=" in pair)
     if len(baselines) != len(args.compare) or not set(baselines) | set(baselines.values()) <= set(labels):
         raise SparseDeployError(f"--compare takes VARIANT=BASELINE pairs of variant labels ({', '.join(labels)})")
     pruned = [variant_artifact(dense_dir, v, args.calib_samples, args.calib_seq_len, args.keep_models)
               for v in variants]
-    artifacts = [artifact_for(dense_dir), *pruned, artifact_for(head_dir)]
+    heads = {v.label: v.head_reference for v in variants}
+    references = {HEAD_ONLY: artifact_for(head_dir)}
+    if HEAD_ONLY_INT8 in heads.values():
+        references[HEAD_ONLY_INT8] = artifact_for(int8_head_proxy(head_dir))
+    artifacts = [artifact_for(dense_dir), *pruned, *references.values()]
+    all_labels = ["dense", *labels, *references]
     settings = BenchSettings(seq_len=args.seq_len, past=args.past, repetitions=args.repetitions, rounds=args.rounds,
                              runtimes=tuple(args.runtime.split(",")))
-    rows = measure(artifacts, settings, labels=["dense", *labels, "head-only"])
-    table, section = decomposition(rows, args.blocks, depth, baselines)
-    fastest, fastest_section = fastest_dense_blocks(rows, args.blocks)
-    fastest_int8, fastest_int8_section = fastest_dense_blocks(rows, args.blocks, INT8_BASELINES)
-    sizes, size_section = artifact_sizes(dict(zip(["dense", *labels, "head-only"], artifacts)))
+    rows = measure(artifacts, settings, labels=all_labels)
+    table, section = decomposition(rows, args.blocks, depth, baselines, heads)
+    fastest, fastest_section = fastest_dense_blocks(rows, args.blocks, heads=heads)
+    fastest_int8, fastest_int8_section = fastest_dense_blocks(rows, args.blocks, INT8_BASELINES, heads)
+    sizes, size_section = artifact_sizes(dict(zip(all_labels, artifacts)))
     recipes = "; ".join(f"{v.label}: {v.describe()}" for v in variants)
     out = args.out or RESULTS / f"latency_{args.proxy}_proxy"
     report = write_report(rows, settings, out, title=f"Latency: {args.proxy} geometry proxy ({args.blocks} blocks, "
                           f"random weights), dense vs {recipes}",
-                          extra={"decomposition": table, "fastest_dense_blocks": fastest,
+                          extra={"head_references": heads, "decomposition": table, "fastest_dense_blocks": fastest,
                                  "fastest_int8_dense_blocks": fastest_int8, "artifacts": sizes,
                                  "sections": [section, fastest_section, *([fastest_int8_section] if fastest_int8 else []),
                                               size_section]})

@@ -253,6 +253,21 @@ def block_linear_layers(model: PreTrainedModel) -> dict[str, nn.Linear]:
             for name, layer in linear_layers(block).items()}
 
 
+def output_head(model: PreTrainedModel) -> tuple[str, nn.Linear] | None:
+    """``(name, layer)`` of the LM head (the Linear from the last hidden state to the vocabulary),
+    or None for a model without one (the vision encoders: their output is the hidden states)."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        return None
+    return next(name for name, module in model.named_modules() if module is head), head
+
+
+def head_is_tied(model: PreTrainedModel) -> bool:
+    """Whether the LM head shares its weight with the input embeddings (tie_word_embeddings)."""
+    found, embeddings = output_head(model), model.get_input_embeddings()
+    return found is not None and embeddings is not None and found[1].weight is embeddings.weight
+
+
 def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
     """The prunable Linear layers of one block, by name relative to the block. A module that
     declares ``decomposes_one_layer`` (OATS's sparse + low-rank layer) holds the parts of one

@@ -18,6 +18,15 @@ Two methods over the same grid:
   at its grid end (±127 steps) so that the row keeps the scale it started with. (Re-zeroing the
   pruned weights after every update instead threw their share away: on a 70%-sparse test
   weight that was worse than round-to-nearest.)
+
+The LM head stays f32 unless ``head: true``, as llm-compressor's schemes leave ``lm_head`` out by
+default: its error lands on the logits directly. The dense int8 baselines of the bench (ONNX
+Runtime's quantize_dynamic, OpenVINO's weight compression) do compress it, and at LLaMA-7B's
+vocabulary it streams as many bytes as two MLP projections, so a latency comparison against them
+sets it (the OpenVINO extension runs a head on the grid as OpenVINO's own int8 compression). The
+head is rounded to nearest whatever the method: GPTQ's Hessian for it would be the final hidden
+states' second moment, which the block-by-block calibration never reaches. A head tied to the
+input embeddings (smollm2) is refused: its grid would be the embedding table's too.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.architectures import block_linear_layers
+from pipeline.architectures import ModelKind, block_linear_layers, head_is_tied, output_head
 from pipeline.errors import SparseDeployError
 from pipeline.models import LoadedModel
 from pipeline.progress import progress
@@ -54,6 +63,7 @@ class QuantizeConfig:
     method: str = "rtn"
     dampening: float = 0.01  # gptq: added to H's diagonal, as a share of its mean
     block_size: int = 128  # gptq: columns whose errors are pushed on together
+    head: bool = False  # the LM head too, rounded to nearest (module docstring: why off by default)
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
@@ -150,9 +160,46 @@ def worst_layer(entry: dict[str, Any]) -> dict[str, Any]:
     return max(entry["layers"], key=lambda e: e["weight_error"])
 
 
-def check_quantizable(loaded: LoadedModel) -> None:
-    """Every block Linear has a grid (finite, not all zeros): checked before any compute."""
+_NO_HEAD = "head is set but the model has no LM head (a vision encoder?)"
+_TIED_HEAD = ("shares its weight with the input embeddings (tie_word_embeddings): its int8 grid would be the "
+              "embedding table's too; leave head unset")
+
+
+def check_head_config(kind: ModelKind, config: Any) -> None:
+    """``head: true`` on a model that has an untied LM head, judged from its configuration (a
+    recipe's check before any stage runs, whose error names the key ``quantize.head``;
+    ``quantize_model`` checks the loaded model again)."""
+    if kind is not ModelKind.CAUSAL_LM:
+        raise SparseDeployError(_NO_HEAD)
+    if getattr(config, "tie_word_embeddings", False):
+        raise SparseDeployError(f"the LM head {_TIED_HEAD}")
+
+
+def _head(loaded: LoadedModel) -> tuple[str, nn.Linear]:
+    """The LM head that ``head: true`` asks for; refused when there is none or it is tied."""
+    found = output_head(loaded.model)
+    if found is None:
+        raise SparseDeployError(f"quantize: {_NO_HEAD}")
+    if head_is_tied(loaded.model):
+        raise SparseDeployError(f"quantize: {found[0]} {_TIED_HEAD}")
+    return found
+
+
+@torch.no_grad()
+def quantize_head(loaded: LoadedModel) -> dict[str, Any]:
+    """Round the LM head to nearest on its grid, in place (``head: true``; also the latency
+    proxies' head-only reference for a model whose head is int8); its per-layer entry."""
+    name, layer = _head(loaded)
+    return _quantize_layer(name, layer, QuantizeConfig(method="rtn"), None)
+
+
+def check_quantizable(loaded: LoadedModel, config: QuantizeConfig) -> None:
+    """Every layer to quantize has a grid (finite, not all zeros), and a head asked for is
+    there and untied: checked before any compute."""
     for name, layer in block_linear_layers(loaded.model).items():
+        channel_scales(layer.weight.data, name)
+    if config.head:
+        name, layer = _head(loaded)
         channel_scales(layer.weight.data, name)
 
 
@@ -162,7 +209,7 @@ def quantize_model(loaded: LoadedModel, config: QuantizeConfig,
     """Quantize every block Linear of ``loaded.model`` in place; returns the record's
     ``quantization`` entry (settings and the error per layer). ``batches``: the calibration
     windows, needed by ``gptq`` only."""
-    check_quantizable(loaded)
+    check_quantizable(loaded, config)
     if not block_linear_layers(loaded.model):
         raise SparseDeployError("quantize: the model has no plain Linear layers left (OATS's sparse + low-rank "
                                 "layers are not quantized)")
@@ -180,6 +227,8 @@ def quantize_model(loaded: LoadedModel, config: QuantizeConfig,
     else:
         for name, layer in progress(block_linear_layers(loaded.model).items(), desc="quantize (rtn)", unit="layers"):
             layers.append(_quantize_layer(name, layer, config, None))
+    if config.head:
+        layers.append(quantize_head(loaded))
     entry = {**asdict(config), "scheme": "symmetric, zero point 0, scale = max |row| / 127, stored dequantized (f32)",
              "layers": layers}
     worst = worst_layer(entry)

@@ -414,7 +414,10 @@ def _sparse_ops(ops: dict[str, Any] | None) -> str:
     if not ops:
         return "-"
     paths = ", ".join(f"{isa} {n}" for isa, n in sorted(ops["isa"].items()))
-    return f"{ops['sparse_matmuls']} of {ops['sparse_matmuls'] + ops['dense_constant_matmuls']}" + (f" ({paths})" if paths else "")
+    int8 = ops.get("dense_int8_matmuls", 0)  # absent in reports written before int8 dense weights
+    total = ops["sparse_matmuls"] + ops["dense_constant_matmuls"] + int8
+    return (f"{ops['sparse_matmuls']} of {total}" + (f" ({paths})" if paths else "") +
+            (f", {int8} dense int8" if int8 else ""))
 
 
 def _fmt(sparsity: float | None) -> str:

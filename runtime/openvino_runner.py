@@ -134,16 +134,20 @@ class SparseOps:
     """What the extension did to one graph: MatMuls with a constant weight on the sparse op and
     left dense (too few zeros), the ISA paths used, and how the packed weights store their
     non-zeros (f32, or int8 for weights on a per-row int8 grid) with, for int8 ones, the
-    matmul_q8 path that small batches run on (x quantized per row, integer dot products)."""
+    matmul_q8 path that small batches run on (x quantized per row, integer dot products);
+    ``dense_int8``: weights on their int8 grid but too dense for the sparse op, left to OpenVINO's
+    own int8 weight compression (counted apart from ``dense``, the f32 ones)."""
 
     sparse: int = 0
     dense: int = 0
+    dense_int8: int = 0
     isa: dict[str, int] = field(default_factory=dict)
     values: dict[str, int] = field(default_factory=dict)
     q8: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sparse_matmuls": self.sparse, "dense_constant_matmuls": self.dense, "isa": self.isa,
+        return {"sparse_matmuls": self.sparse, "dense_constant_matmuls": self.dense,
+                "dense_int8_matmuls": self.dense_int8, "isa": self.isa,
                 "values": self.values, "q8": self.q8}
 
 
@@ -174,6 +178,17 @@ def read_model(path: str | Path, sparse: bool, isa: str | None = None,
     return core, model, count_ops(model)
 
 
+def _int8_compressed(node: Any) -> bool:
+    """Whether ``node`` is OpenVINO's int8 weight compression: Multiply(Convert(i8 Constant), scale)."""
+    if node.get_type_name() != "Multiply":
+        return False
+    convert = node.input_value(0).get_node()
+    if convert.get_type_name() != "Convert":
+        return False
+    source = convert.input_value(0).get_node()
+    return source.get_type_name() == "Constant" and source.get_element_type().get_type_name() == "i8"
+
+
 def count_ops(model: Any) -> SparseOps:
     ops = SparseOps()
     isas: Counter[str] = Counter()
@@ -188,8 +203,12 @@ def count_ops(model: Any) -> SparseOps:
             values[attributes["values"]] += 1
             if attributes["q8"]:
                 q8[attributes["q8"]] += 1
-        elif kind == "MatMul" and node.input_value(1).get_node().get_type_name() == "Constant":
-            ops.dense += 1
+        elif kind == "MatMul":
+            weight = node.input_value(1).get_node()
+            if weight.get_type_name() == "Constant":
+                ops.dense += 1
+            elif _int8_compressed(weight):
+                ops.dense_int8 += 1
     ops.isa = dict(isas)
     ops.values = dict(values)
     ops.q8 = dict(q8)

@@ -48,6 +48,22 @@ def test_decomposition_separates_head_and_blocks():
     assert t["extrapolated_speedup"] == pytest.approx((1 + 320) / (1 + 160))
 
 
+def test_a_variant_with_an_int8_head_is_referred_to_the_int8_head_only_row():
+    """Its int8 head (1 ms instead of 5) must not be credited to its blocks: (9 - 1) / 2, not
+    (9 - 5) / 2; the fastest-dense table subtracts the same reference."""
+    from benchmarks.proxies import HEAD_ONLY_INT8, fastest_dense_blocks
+
+    rows = [_row("dense", 0.0, 21.0), _row("q", 0.7, 9.0), _row("head-only", 0.0, 5.0), _row(HEAD_ONLY_INT8, 0.0, 1.0)]
+    heads = {"q": HEAD_ONLY_INT8}
+    (t,), text = decomposition(rows, blocks=2, depth=32, heads=heads)
+    assert t["block_ms"] == {"dense": 8.0, "q": 4.0} and t["head_ms"] == 1.0 and HEAD_ONLY_INT8 in text
+    assert t["extrapolated_speedup"] == pytest.approx((5 + 32 * 8) / (1 + 32 * 4))
+    (f,), _ = fastest_dense_blocks(rows, blocks=2, baselines=("deepsparse",), heads=heads)
+    assert f["blocks_speedup"] == pytest.approx(2.0)
+    (t,), _ = decomposition(rows, blocks=2, depth=32)  # without the map: the f32 head-only row
+    assert t["block_ms"]["q"] == 2.0
+
+
 def test_decomposition_compares_variants_with_a_baseline_variant():
     rows = [_row("dense", 0.0, 21.0), _row("wanda", 0.5, 17.0), _row("oats", 0.5, 13.0), _row("head-only", 0.0, 1.0)]
     table, text = decomposition(rows, blocks=2, depth=32, baselines={"oats": "wanda"})
@@ -199,12 +215,15 @@ def test_proxy_recipes_parse():
         assert all(pair.split("=")[0] in labels and pair.split("=")[1] in labels for pair in args.compare)
         BenchSettings(runtimes=tuple(args.runtime.split(",")))
         if recipe.stem == "llama7b-int8":
-            assert {v.label: v.quantize for v in args.variant}["owl-wanda-70-int8"] == "rtn"
+            quantize = {v.label: v.quantize for v in args.variant}["owl-wanda-70-int8"]
+            assert quantize.method == "rtn" and quantize.head  # the LM head int8 too, as in the baselines
             assert set(INT8_BASELINES) <= set(args.runtime.split(","))
     with pytest.raises(SparseDeployError, match="'variantz'"):
         _apply_recipe(argparse.Namespace(), {"proxy": "llama7b", "variantz": []})
     with pytest.raises(SparseDeployError, match="quantize: method 'gtpq'"):
         _apply_recipe(argparse.Namespace(blocks=2), {"proxy": "llama7b", "variants": ["x=wanda:0.5:quantize=gtpq"]})
+    with pytest.raises(SparseDeployError, match="head quantizes the LM head, so it needs quantize"):
+        _apply_recipe(argparse.Namespace(blocks=2), {"proxy": "llama7b", "variants": ["x=wanda:0.5:head"]})
 
 
 def test_benchmark_caches_are_keyed_on_the_code(tmp_path, monkeypatch):

@@ -130,9 +130,10 @@ def test_a_cpu_without_avx2_is_warned_about_the_scalar_path(llama_artifact, monk
     assert any("no AVX2" in r.getMessage() for r in caplog.records)
 
 
-def _on_int8_grid(graph, out):
-    """The graph with every sparse-enough weight moved onto its per-output-channel int8 grid,
-    stored dequantized (as the pipeline's quantize step leaves it); how many were moved."""
+def _on_int8_grid(graph, out, min_sparsity=openvino_runner.MIN_SPARSITY):
+    """The graph with every weight of at least ``min_sparsity`` zeros moved onto its
+    per-output-channel int8 grid, stored dequantized (as the pipeline's quantize step leaves it);
+    how many were moved."""
     import onnx
     from onnx import numpy_helper
 
@@ -140,7 +141,7 @@ def _on_int8_grid(graph, out):
     quantized = 0
     for init in model.graph.initializer:
         wt = numpy_helper.to_array(init)  # Wᵀ: K x N, output channels along axis 1
-        if wt.ndim != 2 or wt.dtype != np.float32 or np.mean(wt == 0) < openvino_runner.MIN_SPARSITY:
+        if wt.ndim != 2 or wt.dtype != np.float32 or np.mean(wt == 0) < min_sparsity:
             continue
         scale = np.abs(wt).max(axis=0, keepdims=True) / 127
         grid = (np.round(wt / np.where(scale > 0, scale, 1)) * scale).astype(np.float32)
@@ -177,6 +178,26 @@ def test_weights_on_an_int8_grid_run_int8_values(llama_artifact, tmp_path, monke
     monkeypatch.delenv("SPARSE_DEPLOY_OV_VALUES")
     _, plain = _ov_logits(llama_artifact / "prefill" / "model.onnx", prefill)
     assert plain.values == {"f32": plain.sparse}  # off the grid: f32 values, never rounded
+
+
+def test_dense_weights_on_an_int8_grid_run_on_openvinos_int8_compression(llama_artifact, tmp_path, monkeypatch):
+    """A weight on its int8 grid but too dense for the sparse op (here: every MatMul weight, with
+    the sparse op's threshold above 100%) runs as OpenVINO's own int8 weight compression, counted
+    apart, not as an f32 MatMul: the logits those of ONNX Runtime on the same f32 graph (2% of
+    their range: OpenVINO may round the activations of a compressed MatMul) and the same greedy
+    token. SPARSE_DEPLOY_OV_VALUES=f32 keeps them f32."""
+    graph = tmp_path / "model.onnx"
+    quantized = _on_int8_grid(llama_artifact / "prefill" / "model.onnx", graph, min_sparsity=0.0)
+    feeds = {"input_ids": _ids(16)}
+    expected = ort_run(session(graph), feeds)[0]
+    compiled, ops = openvino_runner.compile_model(graph, sparse=True, threads=2, min_sparsity=1.01)
+    assert ops.sparse == 0 and ops.dense == 0 and ops.dense_int8 >= 7 * 3 and quantized >= ops.dense_int8
+    logits = openvino_runner.run(compiled, feeds)[0]
+    assert np.abs(logits - expected).max() < 0.02 * np.ptp(expected)
+    assert np.array_equal(logits[0, -1].argmax(-1), expected[0, -1].argmax(-1))
+    monkeypatch.setenv("SPARSE_DEPLOY_OV_VALUES", "f32")
+    _, forced = openvino_runner.compile_model(graph, sparse=True, threads=2, min_sparsity=1.01)
+    assert forced.dense_int8 == 0 and forced.dense == ops.dense_int8
 
 
 def test_dense_int8_baselines_compute_the_same_model(llama_artifact, tmp_path):

@@ -107,21 +107,42 @@ def test_a_quantize_step_among_the_prune_steps_is_refused():
         parse_recipe({**RECIPE, "prune": [{"method": "quantize"}]})
 
 
+@pytest.mark.parametrize("model, source, message", [
+    ("tiny-llama", "c4", "'quantize.head': the LM head shares its weight with the input embeddings"),
+    ("tiny-vit", "fashion-mnist", "'quantize.head': head is set but the model has no LM head"),
+])
+def test_a_head_that_cannot_be_quantized_alone_is_refused_before_any_stage(tmp_path, model, source, message):
+    """A tied head (its grid would be the embedding table's) or none at all: one line naming the
+    key, and no stages/ directory left behind."""
+    from pipeline.app.run import run_recipe
+
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "model": model, "calibration": {**RECIPE["calibration"], "source": source},
+                                      "quantize": {"method": "rtn", "head": True}}))
+    with pytest.raises(RecipeError, match=message):
+        run_recipe(recipe, tmp_path / "out")
+    assert not (tmp_path / "out" / "stages").exists()
+
+
 def test_the_quantize_step_lands_in_the_manifest_and_runs_int8_in_openvino(tmp_path):
-    """prune -> quantize -> export: the manifest records bits, granularity and every layer's error;
-    the artifact's weights lie on their grid, so OpenVINO's extension packs them int8."""
+    """prune -> quantize (LM head too) -> export on tiny-phi3 (untied head, fused layouts): the
+    manifest records bits, granularity and every layer's error, the head's last; the artifact's
+    weights lie on their grid, so OpenVINO's extension packs the pruned ones int8 and runs the
+    dense head on OpenVINO's own int8 compression (no f32 constant MatMul left)."""
     from pipeline.app.run import run_recipe
     from runtime import openvino_runner
 
     recipe = tmp_path / "q.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE))
+    recipe.write_text(yaml.safe_dump({**RECIPE, "model": "tiny-phi3", "quantize": {"method": "rtn", "head": True}}))
     report = run_recipe(recipe, tmp_path / "out")
     manifest = json.loads((tmp_path / "out" / "artifact" / "manifest.json").read_text())
     q = manifest["recipe"]["quantization"]
-    assert q["bits"] == 8 and q["granularity"] == "channel" and q["method"] == "rtn"
+    assert q["bits"] == 8 and q["granularity"] == "channel" and q["method"] == "rtn" and q["head"]
     blocks = json.loads((tmp_path / "out" / "artifact" / "config.json").read_text())["num_hidden_layers"]
-    assert len(q["layers"]) == 7 * blocks and all(0 < e["weight_error"] < 0.05 for e in q["layers"])
+    assert len(q["layers"]) == 4 * blocks + 1 and q["layers"][-1]["layer"] == "lm_head"  # qkv, o, gate_up, down
+    assert all(0 < e["weight_error"] < 0.05 for e in q["layers"])
     assert report["quantization"]["worst_layer"]["weight_error"] == max(e["weight_error"] for e in q["layers"])
-    assert "int8 weights" in (tmp_path / "out" / "artifact" / "MODEL_CARD.md").read_text()
+    assert "and the LM head" in (tmp_path / "out" / "artifact" / "MODEL_CARD.md").read_text()
     _, ops = openvino_runner.compile_model(tmp_path / "out" / "artifact" / "prefill" / "model.onnx", sparse=True)
-    assert ops.sparse >= 14 and ops.values == {"int8": ops.sparse}
+    assert ops.sparse >= 4 * blocks and ops.values == {"int8": ops.sparse}
+    assert ops.dense_int8 == 1 and ops.dense == 0

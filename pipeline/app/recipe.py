@@ -5,7 +5,7 @@
     calibration: {source: c4, samples: 64, seq_len: 512, seed: 0}
     prune:                          # applied in order (OSSCAR then OATS, ...)
       - {method: wanda, sparsity: 0.5, owl: {m: 5, lam: 0.08}}
-    quantize: {bits: 8, granularity: channel, method: rtn}   # optional, after every prune step
+    quantize: {bits: 8, granularity: channel, method: rtn, head: false}   # optional, after every prune step
     evaluate: {source: wiki, windows: 16, seq_len: 512}
     export: {parity_windows: 4, parity_seq_len: 256}
     benchmark: {runtimes: [deepsparse, onnxruntime], seq_len: 128, past: 127, repetitions: 10}
@@ -31,7 +31,7 @@ from pipeline.evaluate import EVAL_SEQ_LEN, EVAL_SOURCE, EVAL_WINDOWS
 from pipeline.models import load_config
 from pipeline.owl import OWLConfig
 from pipeline.prune import CalibrationConfig, check_calibration_source, check_sparsity
-from pipeline.quantize import QuantizeConfig
+from pipeline.quantize import QuantizeConfig, check_head_config
 from pipeline.pruners import PRUNERS, build_pruner
 from runtime.bench import FLAVOURS, RUNTIMES, BenchSettings
 
@@ -236,6 +236,8 @@ def check_inputs(recipe: Recipe) -> None:
     checked("calibration.source", check_calibration_source, kind, recipe.calibration.source)
     if recipe.evaluate is not None and kind is ModelKind.CAUSAL_LM:
         checked("evaluate.source", text_source_path, recipe.evaluate.source)
+    if recipe.quantize is not None and recipe.quantize.head:
+        checked("quantize.head", check_head_config, kind, config)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -96,9 +96,11 @@ def _steps_text(report: dict[str, Any]) -> list[str]:
     q = report.get("quantization")
     if q:
         s = q["settings"]
+        head = " and the LM head (round to nearest)" if s.get("head") else " (the LM head stays f32)"
         lines.append(f"{len(lines) + 1}. **int{s['bits']} weights** ({s['method']}, one scale per output channel, "
-                     f"symmetric), stored dequantized: ONNX Runtime and DeepSparse read plain f32 on that grid, the "
-                     f"OpenVINO extension packs the non-zeros int8. Largest weight error "
+                     f"symmetric) for the blocks' Linear layers{head}, stored dequantized: ONNX Runtime and "
+                     f"DeepSparse read plain f32 on that grid, the OpenVINO extension packs the non-zeros int8 "
+                     f"(weights too dense for its sparse op run on OpenVINO's own int8 compression). Largest weight error "
                      f"{q['worst_layer']['weight_error']:.2%} (`{q['worst_layer']['layer']}`); every layer's in "
                      "`manifest.json` (`recipe.quantization.layers`).")
     return lines

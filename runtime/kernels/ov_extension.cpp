@@ -12,7 +12,12 @@
 // kQ8MaxRows rows of x (decode, small batches) it runs matmul_q8: x quantized per row when
 // called, integer dot products, as ONNX Runtime's quantize_dynamic does; with more rows (prefill)
 // the f32 many-row kernel widens the int8 values once per tile and keeps x in f32.
-// SPARSE_DEPLOY_OV_VALUES=f32 packs every weight f32 (the activations are then never rounded).
+// An on-grid weight too dense for the sparse op (a 50% model's MatMuls below the threshold, an
+// int8 lm_head) becomes OpenVINO's own int8 weight compression instead: an i8 constant ->
+// Convert -> Multiply by the per-output-channel scale, the pattern its CPU plugin runs as a
+// compressed FullyConnected, as `openvino-int8` runs every weight of the dense model: left f32,
+// such a weight would stream four times the bytes of the int8 baselines it is compared with.
+// SPARSE_DEPLOY_OV_VALUES=f32 keeps every weight f32 (the activations are then never rounded).
 //
 // Environment, read at conversion time:
 //   SPARSE_DEPLOY_OV_MIN_SPARSITY  share of zeros from which a weight goes sparse (default below)
@@ -27,7 +32,9 @@
 #include <openvino/core/parallel.hpp>
 #include <openvino/frontend/onnx/extension/conversion.hpp>
 #include <openvino/op/constant.hpp>
+#include <openvino/op/convert.hpp>
 #include <openvino/op/matmul.hpp>
+#include <openvino/op/multiply.hpp>
 #include <openvino/op/op.hpp>
 
 #include "sparse_format.hpp"
@@ -144,6 +151,14 @@ std::string chosen_isa() {
     return name;
 }
 
+// Wᵀ (K x N, on its per-output-channel int8 grid) as OpenVINO's int8 weight compression holds it.
+ov::Output<ov::Node> dense_int8_weight(const float* wt, size_t n, size_t k) {
+    const Int8Dense q = quantize_dense(wt, n, k, /*transposed=*/true);
+    auto values = std::make_shared<ov::op::v0::Constant>(ov::element::i8, ov::Shape{k, n}, q.values.data());
+    auto scales = std::make_shared<ov::op::v0::Constant>(ov::element::f32, ov::Shape{1, n}, q.scales.data());
+    return std::make_shared<ov::op::v1::Multiply>(std::make_shared<ov::op::v0::Convert>(values, ov::element::f32), scales);
+}
+
 ov::OutputVector convert_matmul(const ov::frontend::NodeContext& ctx) {
     const ov::Output<ov::Node> x = ctx.get_input(0), b = ctx.get_input(1);
     const auto weight = ov::as_type_ptr<ov::op::v0::Constant>(b.get_node_shared_ptr());
@@ -152,8 +167,8 @@ ov::OutputVector convert_matmul(const ov::frontend::NodeContext& ctx) {
         const float* data = weight->get_data_ptr<float>();
         size_t zeros = 0;
         for (size_t i = 0; i < k * n; ++i) zeros += data[i] == 0.0f;
+        const bool i8 = k * n > 0 && int8_values() && int8_grid(data, n, k, /*transposed=*/true);
         if (k * n > 0 && double(zeros) / double(k * n) >= min_sparsity()) {
-            const bool i8 = int8_values() && int8_grid(data, n, k, /*transposed=*/true);
             const std::vector<uint8_t> blob = pack(data, n, k, /*transposed=*/true, i8 ? Values::i8 : Values::f32);
             auto packed = std::make_shared<ov::op::v0::Constant>(ov::element::u8, ov::Shape{blob.size()}, blob.data());
             const std::string isa = chosen_isa();
@@ -162,6 +177,7 @@ ov::OutputVector convert_matmul(const ov::frontend::NodeContext& ctx) {
                                                      i8 ? q8_path_name(q8_path_for(isa_from_name(isa))) : "");
             return {op};
         }
+        if (i8) return {std::make_shared<ov::op::v0::MatMul>(x, dense_int8_weight(data, n, k))};
     }
     return {std::make_shared<ov::op::v0::MatMul>(x, b)};
 }

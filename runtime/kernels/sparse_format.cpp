@@ -27,12 +27,30 @@ std::vector<float> row_absmax(const float* w, size_t n, size_t k, bool transpose
     return m;
 }
 
+// One scale per row: max |w[n, :]| / 127 (0 for an all-zero row, whose values are all zero).
+std::vector<float> row_scales(const float* w, size_t n, size_t k, bool transposed) {
+    std::vector<float> scale = row_absmax(w, n, k, transposed);
+    for (float& sc : scale) sc /= kInt8Max;
+    return scale;
+}
+
+// v's step on its row's grid (zero stays zero whatever the scale).
+int8_t to_int8(float v, float scale) {
+    return v == 0.0f ? int8_t(0) : int8_t(std::clamp(std::nearbyint(v / scale), -kInt8Max, kInt8Max));
+}
+
 }  // namespace
 
+Int8Dense quantize_dense(const float* w, size_t n, size_t k, bool transposed) {
+    Int8Dense q{std::vector<int8_t>(n * k), row_scales(w, n, k, transposed)};
+    for (size_t i = 0; i < n * k; ++i) q.values[i] = to_int8(w[i], q.scales[transposed ? i % n : i / k]);
+    return q;
+}
+
 bool int8_grid(const float* w, size_t n, size_t k, bool transposed) {
-    const std::vector<float> m = row_absmax(w, n, k, transposed);
+    const std::vector<float> scales = row_scales(w, n, k, transposed);
     for (size_t i = 0; i < n * k; ++i) {
-        const float scale = m[transposed ? i % n : i / k] / kInt8Max;
+        const float scale = scales[transposed ? i % n : i / k];
         if (w[i] == 0.0f) continue;
         const float q = w[i] / scale;
         if (!std::isfinite(q) || std::fabs(q - std::nearbyint(q)) > 1e-3f) return false;
@@ -111,14 +129,13 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed, V
             at += sizeof v;
         });
     } else {
-        std::vector<float> scale = row_absmax(w, n, k, transposed);
-        for (float& sc : scale) sc /= kInt8Max;
+        const std::vector<float> scale = row_scales(w, n, k, transposed);
         std::memcpy(blob.data() + h.off_scales, scale.data(), n * sizeof(float));
         auto* qsums = reinterpret_cast<int32_t*>(blob.data() + h.off_qsums);
         visit([&](size_t row, size_t col, float v) {
             if (v == 0.0f) return;
-            const float q = std::clamp(std::nearbyint(v / scale[row]), -kInt8Max, kInt8Max);
-            data[cursor[row * groups + col / kGroupCols]++] = uint8_t(int8_t(q));
+            const int8_t q = to_int8(v, scale[row]);
+            data[cursor[row * groups + col / kGroupCols]++] = uint8_t(q);
             qsums[row] += int32_t(q);
         });
     }

@@ -111,6 +111,14 @@ std::vector<uint8_t> pack(const float* w, size_t n, size_t k, bool transposed, V
 // was quantized per row, symmetric, and stored dequantized (how the artifact carries it).
 bool int8_grid(const float* w, size_t n, size_t k, bool transposed);
 
+// A weight on its per-row int8 grid kept dense (too few zeros for the bitmap format): its int8
+// values in W's stored order and one scale per row (the same rounding as pack's Values::i8).
+struct Int8Dense {
+    std::vector<int8_t> values;
+    std::vector<float> scales;
+};
+Int8Dense quantize_dense(const float* w, size_t n, size_t k, bool transposed);
+
 // View a blob; throws std::runtime_error when it is not one (wrong magic, sizes that do not add up).
 Packed view(const uint8_t* blob, size_t size);
 
