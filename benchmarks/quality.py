@@ -354,6 +354,21 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], measured: str, no
     return "\n".join(lines) + "\n"
 
 
+def merge_report(previous: dict[str, Any], rows: list[dict[str, Any]], env: dict[str, Any], measured: str,
+                 notes: list[str], order: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any], str, list[str]]:
+    """The committed report with ``rows`` replacing (or joining) its rows of the same names, in
+    suite ``order``. The header keeps the earlier run's machine and date (each row carries its own
+    time); rows measured on another machine get a note saying which, so no row is silently
+    attributed to the wrong CPU."""
+    notes = previous.get("notes", []) + notes
+    if (previous["environment"]["cpu"], previous["environment"].get("isa")) != (env["cpu"], env.get("isa")):
+        notes.append(f"Rows {', '.join(r['name'] for r in rows)} measured on {env['cpu']} ({env.get('isa')}), "
+                     f"{measured}.")
+    merged = {r["name"]: r for r in previous["rows"]} | {r["name"]: r for r in rows}
+    ranked = sorted(merged.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    return ranked, previous["environment"], previous["measured"], notes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="baselines")
@@ -398,13 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     env, measured = describe(), time.strftime("%Y-%m-%d")
     notes = list(args.note)
     if args.merge and json_path.is_file():
-        fresh = {r["name"]: r for r in rows}
-        old = json.loads(json_path.read_text())["rows"]
-        notes = json.loads(json_path.read_text()).get("notes", []) + notes
-        order = [c["name"] for c in SUITES[args.suite]]
-        merged = {r["name"]: r for r in old} | fresh
-        rows = sorted(merged.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-        measured = json.loads(json_path.read_text())["measured"]  # the fresh rows carry their own time
+        rows, env, measured, notes = merge_report(json.loads(json_path.read_text()), rows, env, measured, notes,
+                                                  [c["name"] for c in SUITES[args.suite]])
     args.out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"measured": measured, "environment": env, "rows": rows, "notes": notes},
                                     indent=2) + "\n")

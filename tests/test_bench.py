@@ -258,6 +258,19 @@ def test_claims_compare_paired_windows():
     assert _paired({"eval": {}}, row(base)) == ""  # a row from before per-window scores
 
 
+def test_merged_quality_rows_keep_the_header_and_say_where_they_ran():
+    from benchmarks.quality import merge_report
+
+    zen3, zen4 = {"cpu": "zen3", "isa": "avx2"}, {"cpu": "zen4", "isa": "avx512"}
+    previous = {"measured": "d1", "environment": zen3, "notes": ["n"],
+                "rows": [{"name": "a", "ppl": 1}, {"name": "c", "ppl": 3}]}
+    rows, env, measured, notes = merge_report(previous, [{"name": "b", "ppl": 2}, {"name": "a", "ppl": 9}], zen4, "d2",
+                                              [], ["a", "b", "c"])
+    assert [(r["name"], r["ppl"]) for r in rows] == [("a", 9), ("b", 2), ("c", 3)]
+    assert (env, measured) == (zen3, "d1") and notes == ["n", "Rows b, a measured on zen4 (avx512), d2."]
+    assert merge_report(previous, [], zen3, "d2", [], [])[3] == ["n"]  # same machine: nothing to say
+
+
 @pytest.mark.parametrize("suite", ["baselines", "oats", "osscar"])
 def test_quality_suites_build_their_pruners(suite):
     """A misconfigured suite would otherwise fail only after the dense evaluation, minutes in."""
