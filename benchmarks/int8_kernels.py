@@ -10,8 +10,9 @@ rows:
   OpenVINO's own int8 weight compression (each weight an i8 constant -> Convert -> Multiply by
   its per-channel scale, the pattern OpenVINO's CPU plugin runs as a compressed FullyConnected);
 - openvino-sparse with f32 values, and with int8 values (the same sparse weights moved onto their
-  per-output-channel int8 grid by pipeline/quantize.py: at up to 8 rows matmul_q8, above the f32
-  many-row kernel) at 50 / 70 / 90%.
+  per-output-channel int8 grid by pipeline/quantize.py: matmul_q8 at up to 8 rows, and at every
+  count on AVX-512 VNNI, whose many-row kernel expands each tile once; above 8 rows on the other
+  paths the f32 many-row kernel) at 50 / 70 / 90%.
 
 Speedups against the fastest dense f32 cell and against the fastest dense int8 cell of the
 group (ranges of per-round ratios in brackets). Bytes per weight: f32 4, int8 1 (+ scales),
@@ -20,6 +21,8 @@ bitmap + f32 0.125 + 4 (1 - s), bitmap + int8 0.125 + (1 - s).
 Writes ``benchmarks/results/int8_kernels.{json,md}`` (~15 min):
 
     .venv/bin/python -m benchmarks.int8_kernels
+
+(``--out benchmarks/results/int8_kernels_<isa>``: another machine's sweep next to the committed one.)
 """
 
 from __future__ import annotations
@@ -134,7 +137,8 @@ def render(data: dict[str, Any]) -> str:
              "activations quantized per call); `openvino-int8`: OpenVINO's compressed-weight pattern (i8 constant, "
              "Convert, Multiply by the per-channel scale). openvino-sparse int8: the same sparse weights on their "
              "per-output-channel int8 grid; up to 8 rows it runs matmul_q8 (x quantized per row, integer dots), above "
-             "that the f32 many-row kernel on int8 values. Speedups against the fastest dense f32 and the fastest "
+             "that on AVX-512 VNNI too (each tile expanded once to dense int8), on the other paths the f32 many-row "
+             "kernel on int8 values. Speedups against the fastest dense f32 and the fastest "
              "dense int8 cell of the group (per-round range in brackets).", ""]
     for rows in ROWS:
         here = [c for c in data["cells"] if c["rows"] == rows]

@@ -29,11 +29,14 @@ def kernel_sweep_main(out: Path, description: str, rows: tuple[int, ...], settin
                       argv: list[str] | None = None) -> int:
     """The command line of a kernel sweep (one group of cells per number of rows): time
     ``--rows`` (graphs in a temporary directory), or ``--render`` the committed JSON again
-    (re-derived, no timing); write ``out``.{json,md}."""
+    (re-derived, no timing); write ``out``.{json,md}, or ``--out``'s (a second machine's sweep next
+    to the committed one, e.g. another ISA)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", type=int, nargs="*", default=list(rows))
     parser.add_argument("--render", action="store_true", help="re-derive and re-render the committed JSON, no timing")
+    parser.add_argument("--out", type=Path, default=out, help=f"results path without suffix (default {out.name})")
     args = parser.parse_args(argv)
+    out = args.out
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.render:
         data = json.loads(out.with_suffix(".json").read_text())

@@ -9,9 +9,10 @@
 // int8: a weight whose every row lies on its symmetric int8 grid (quantized per output channel
 // by the pipeline's quantize step and stored dequantized in the artifact, so that every other
 // runtime reads plain f32) is packed with int8 values: a quarter of the value bytes. With up to
-// kQ8MaxRows rows of x (decode, small batches) it runs matmul_q8: x quantized per row when
-// called, integer dot products, as ONNX Runtime's quantize_dynamic does; with more rows (prefill)
-// the f32 many-row kernel widens the int8 values once per tile and keeps x in f32.
+// kQ8MaxRows rows of x (decode, small batches; every count on AVX-512 VNNI) it runs matmul_q8:
+// x quantized per row when called, integer dot products, as ONNX Runtime's quantize_dynamic
+// does; with more rows (prefill) on the other paths the f32 many-row kernel widens the int8
+// values once per tile and keeps x in f32.
 // An on-grid weight too dense for the sparse op (a 50% model's MatMuls below the threshold, an
 // int8 lm_head) becomes OpenVINO's own int8 weight compression instead: an i8 constant ->
 // Convert -> Multiply by the per-output-channel scale, the pattern its CPU plugin runs as a
@@ -23,6 +24,7 @@
 //   SPARSE_DEPLOY_OV_MIN_SPARSITY  share of zeros from which a weight goes sparse (default below)
 //   SPARSE_DEPLOY_OV_ISA           auto | avx512 | avx2 | scalar (auto: the widest this CPU runs)
 //   SPARSE_DEPLOY_OV_VALUES        auto (default: on-grid weights int8) | f32
+#include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -46,6 +48,11 @@ namespace sparse_deploy {
 // it once for all of them. On AVX2 the two were close at 8 rows (benchmarks/results/int8_kernels.md:
 // 89.7 vs 80.7 ms on the chain at 70%) and matmul_q8 2x slower at 16 (a throwaway run).
 constexpr size_t kQ8MaxRows = 8;
+
+// Rows of x up to which an int8 weight runs matmul_q8 on `path`: every count on AVX-512 VNNI,
+// whose many-row kernel expands each tile of W once and runs the dense int8 product on it
+// (avx512_vnni.cpp); kQ8MaxRows on the others, which re-read the tile per row of x.
+size_t q8_max_rows(Q8Path path) { return path == Q8Path::avx512_vnni ? SIZE_MAX : kQ8MaxRows; }
 
 // The fallback when SPARSE_DEPLOY_OV_MIN_SPARSITY is not set; sparse-deploy always sets it from
 // runtime/openvino_runner.py's MIN_SPARSITY (chosen from the kernel sweep), which is the same.
@@ -113,7 +120,7 @@ public:
         out_shape.back() = size_t(m_n);
         outputs[0].set_shape(out_shape);
         const Isa isa = isa_from_name(m_isa);
-        if (w.values == Values::i8 && m <= kQ8MaxRows)
+        if (w.values == Values::i8 && m <= q8_max_rows(q8_path_for(isa)))
             matmul_q8(w, x.data<const float>(), m, outputs[0].data<float>(), q8_path_for(isa), ov_parallel);
         else
             matmul(w, x.data<const float>(), m, outputs[0].data<float>(), isa, ov_parallel);
