@@ -21,16 +21,14 @@ cache (``make clean-cache`` removes it):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import shutil
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from benchmarks.proxies import PROXIES
@@ -38,55 +36,22 @@ from pipeline.atomic import atomic_directory, check_directory_path
 from pipeline.errors import SparseDeployError
 from pipeline.models import cache_dir
 from pipeline.progress import progress
+from pipeline.shards import INDEX, SHARD_BYTES, ShardWriter, expected_shapes
 
 log = logging.getLogger(__name__)
 
-SHARD_BYTES = 2 << 30  # bytes per shard: the most this writer holds in memory at once
 DISK_MARGIN = 1.02  # free space wanted over the tensors' bytes (headers, config, index)
-INDEX = "model.safetensors.index.json"
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return 4 * int(torch.Size(self.shape).numel())
-
-
-def tensor_specs(config: PretrainedConfig) -> list[TensorSpec]:
-    """Every tensor ``from_pretrained`` reads for ``config``, from a model on the meta device (no
-    storage); a tied head is not stored (it is the embedding)."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return [TensorSpec(name, tuple(t.shape)) for name, t in model.state_dict().items()
-            if not (config.tie_word_embeddings and name in set(getattr(model, "_tied_weights_keys", None) or []))]
-
-
-def draw(spec: TensorSpec, seed: int, std: float) -> torch.Tensor:
+def draw(name: str, shape: tuple[int, ...], seed: int, std: float) -> torch.Tensor:
     """One tensor, from its own generator: the same for the same (seed, name) wherever drawn."""
-    if spec.name.endswith("bias"):
-        return torch.zeros(spec.shape)
-    if len(spec.shape) == 1:  # norm weights
-        return torch.ones(spec.shape)
+    if name.endswith("bias"):
+        return torch.zeros(shape)
+    if len(shape) == 1:  # norm weights
+        return torch.ones(shape)
     # CPU generators keep 32 bits of a seed (mt19937), so both go into one 32-bit hash.
-    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{spec.name}".encode()))
-    return torch.randn(spec.shape, generator=generator) * std
-
-
-def plan_shards(specs: list[TensorSpec], shard_bytes: int) -> list[list[TensorSpec]]:
-    """Tensors in model order, cut into shards of at most ``shard_bytes`` (a larger tensor alone)."""
-    shards: list[list[TensorSpec]] = [[]]
-    size = 0
-    for spec in specs:
-        if shards[-1] and size + spec.nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(spec)
-        size += spec.nbytes
-    return shards
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}".encode()))
+    return torch.randn(shape, generator=generator) * std
 
 
 def check_disk(out: Path, needed: int) -> None:
@@ -101,21 +66,17 @@ def check_disk(out: Path, needed: int) -> None:
 def write_checkpoint(config: PretrainedConfig, out: Path, seed: int = 0, shard_bytes: int = SHARD_BYTES) -> Path:
     """``config`` with random weights as sharded safetensors in ``out`` (atomic: complete or absent)."""
     check_directory_path(out)
-    specs = tensor_specs(config)
-    total = sum(s.nbytes for s in specs)
+    shapes = expected_shapes(config, AutoModelForCausalLM)
+    total = sum(4 * math.prod(shape) for shape in shapes.values())
     check_disk(out, total)
-    shards = plan_shards(specs, shard_bytes)
     std = float(getattr(config, "initializer_range", 0.02))
-    log.info("writing %d tensors (%.1f GB) in %d shards to %s", len(specs), total / 1e9, len(shards), out)
-    weight_map: dict[str, str] = {}
+    log.info("writing %d tensors (%.1f GB) to %s", len(shapes), total / 1e9, out)
     with atomic_directory(out, overwrite=True) as tmp:
         config.save_pretrained(tmp)
-        for i, shard in enumerate(progress(shards, desc="shards", unit="shard")):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file({s.name: draw(s, seed, std) for s in shard}, str(tmp / name), metadata={"format": "pt"})
-            weight_map |= {s.name: name for s in shard}
-        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total, "seed": seed},
-                                             "weight_map": weight_map}, indent=2) + "\n")
+        writer = ShardWriter(tmp, shard_bytes, metadata={"seed": seed})
+        for name, shape in progress(shapes.items(), desc="tensors", unit="tensor"):
+            writer.add(name, draw(name, shape, seed, std))
+        writer.close()
     return out
 
 

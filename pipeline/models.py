@@ -43,6 +43,7 @@ from pipeline.errors import SparseDeployError, first_line
 from pipeline.factorized import CONFIG_KEY as FACTORIZED_KEY
 from pipeline.factorized import restore_factorized
 from pipeline.progress import heartbeat, quiet_foreign_bars
+from pipeline.shards import Checkpoint, expected_shapes
 from pipeline.slicing import CONFIG_KEY as SLICED_KEY
 from pipeline.slicing import restore_sliced
 
@@ -265,8 +266,11 @@ def load_model(name_or_path: str) -> LoadedModel:
     """Load a named model, a local HF directory or a Hub id in float32, eval mode."""
     path, config = load_config(name_or_path)
     spec = spec_for_type(config.model_type)
+    restructured = getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None)
+    if Path(path).is_dir() and not restructured and (checkpoint := Checkpoint(Path(path))).sharded:
+        checkpoint.check(expected_shapes(config, spec.kind.auto_class))  # before gigabytes are read
     try:
-        if getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None):
+        if restructured:
             model = _load_restructured(spec.kind.auto_class, spec, Path(path), config).eval()
         else:
             model = spec.kind.auto_class.from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()

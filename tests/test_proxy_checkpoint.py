@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from benchmarks import proxy_checkpoint
-from benchmarks.proxy_checkpoint import INDEX, tensor_specs, write_checkpoint
+from benchmarks.proxy_checkpoint import write_checkpoint
+from pipeline import shards
 from pipeline.errors import SparseDeployError
+from pipeline.shards import INDEX, expected_shapes
 
 CONFIG = LlamaConfig(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
                      vocab_size=512, num_hidden_layers=3, tie_word_embeddings=False)
@@ -34,9 +36,9 @@ def test_a_sharded_checkpoint_loads_and_is_the_same_bytes_for_the_same_seed(tmp_
     index = json.loads((first / INDEX).read_text())
     shards = sorted(p.name for p in first.glob("*.safetensors"))
     assert len(shards) > 2 and sorted(set(index["weight_map"].values())) == shards
-    specs = tensor_specs(CONFIG)
-    assert set(index["weight_map"]) == {s.name for s in specs}
-    assert index["metadata"]["total_size"] == sum(s.nbytes for s in specs)
+    shapes = expected_shapes(CONFIG, AutoModelForCausalLM)
+    assert set(index["weight_map"]) == set(shapes)
+    assert index["metadata"]["total_size"] == sum(4 * torch.Size(s).numel() for s in shapes.values())
     model, info = AutoModelForCausalLM.from_pretrained(first, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
@@ -62,7 +64,7 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_anything_is_written(tmp_
 def test_a_writer_failing_midway_leaves_no_checkpoint(tmp_path, monkeypatch):
     """A full disk in the middle (here: the third shard's write fails) leaves no directory that
     looks complete, and no temporary behind."""
-    real, calls = proxy_checkpoint.save_file, []
+    real, calls = shards.save_file, []
 
     def failing(tensors, path, metadata=None):
         calls.append(path)
@@ -70,7 +72,7 @@ def test_a_writer_failing_midway_leaves_no_checkpoint(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(proxy_checkpoint, "save_file", failing)
+    monkeypatch.setattr(shards, "save_file", failing)
     with pytest.raises(OSError, match="No space left"):
         write_checkpoint(CONFIG, tmp_path / "ckpt", shard_bytes=SHARD_BYTES)
     assert list(tmp_path.iterdir()) == []
