@@ -47,26 +47,27 @@ def test_a_missing_shard_is_named(sharded):
         load_model(str(out))
 
 
+def _rewrite_shard(out, name, change):
+    """The shard holding ``name``, rewritten with ``change`` applied to its tensors; its file name."""
+    shard = out / json.loads((out / INDEX).read_text())["weight_map"][name]
+    tensors = load_file(shard)
+    change(tensors)
+    save_file(tensors, str(shard))
+    return shard.name
+
+
 def test_a_tensor_of_the_wrong_shape_is_named_with_its_shard(sharded):
     out, _ = sharded
-    index = json.loads((out / INDEX).read_text())
     name = "model.layers.1.mlp.up_proj.weight"
-    shard = out / index["weight_map"][name]
-    tensors = load_file(shard)
-    tensors[name] = tensors[name][:, :32].contiguous()
-    save_file(tensors, str(shard))
-    with pytest.raises(SparseDeployError, match=rf"{name} is \[160, 32\] in {shard.name}, the configuration "
+    shard = _rewrite_shard(out, name, lambda t: t.update({name: t[name][:, :32].contiguous()}))
+    with pytest.raises(SparseDeployError, match=rf"{name} is \[160, 32\] in {shard}, the configuration "
                                                 r"needs \[160, 64\]"):
         load_model(str(out))
 
 
 def test_a_tensor_listed_but_not_in_its_shard_is_named(sharded):
     out, _ = sharded
-    index = json.loads((out / INDEX).read_text())
     name = "model.layers.0.self_attn.q_proj.weight"
-    shard = out / index["weight_map"][name]
-    tensors = load_file(shard)
-    del tensors[name]
-    save_file(tensors, str(shard))
-    with pytest.raises(SparseDeployError, match=rf"{name} is listed in {INDEX} but not in {shard.name}"):
+    shard = _rewrite_shard(out, name, lambda t: t.pop(name))
+    with pytest.raises(SparseDeployError, match=rf"{name} is listed in {INDEX} but not in {shard}"):
         load_model(str(out))
