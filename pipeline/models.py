@@ -43,7 +43,8 @@ from pipeline.errors import SparseDeployError, first_line
 from pipeline.factorized import CONFIG_KEY as FACTORIZED_KEY
 from pipeline.factorized import restore_factorized
 from pipeline.progress import heartbeat, quiet_foreign_bars
-from pipeline.shards import Checkpoint, expected_shapes
+from pipeline.shards import INDEX, Checkpoint, expected_shapes
+from pipeline.streaming import StreamedModel, skeleton
 from pipeline.slicing import CONFIG_KEY as SLICED_KEY
 from pipeline.slicing import restore_sliced
 
@@ -177,6 +178,7 @@ class LoadedModel:
     spec: ArchitectureSpec
     source: str  # what the user asked for
     path: str  # what from_pretrained read
+    streamed: StreamedModel | None = None  # set by load_streamed: the blocks are not in memory
 
 
 def _tokenizer_if_any(path: str) -> Any | None:
@@ -262,13 +264,42 @@ def load_config(name_or_path: str) -> tuple[str, PretrainedConfig]:
     return path, config
 
 
+def _local_snapshot(path: str) -> Path:
+    """A local directory holding ``path``'s files: itself, or the Hub's snapshot of that id
+    (weights read from disk shard by shard, never through ``from_pretrained``)."""
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model"]))
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many kinds; all mean "not available"
+        raise SparseDeployError(f"cannot fetch '{path}' from the Hugging Face Hub ({first_line(exc)})") from None
+
+
+def load_streamed(name_or_path: str) -> LoadedModel:
+    """Like :func:`load_model`, with the decoder blocks left on the meta device, to be read one at
+    a time by the sequential engine (pipeline/streaming.py): for models larger than memory."""
+    path, config = load_config(name_or_path)
+    spec = spec_for_type(config.model_type)
+    if getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None):
+        raise SparseDeployError(f"'{name_or_path}' is already pruned with restructured layers; load it with load_model")
+    directory = _local_snapshot(path)
+    checkpoint = Checkpoint(directory)
+    checkpoint.check(expected_shapes(config, spec.kind.auto_class))
+    model, streamed = skeleton(spec.kind.auto_class, config, checkpoint)
+    tokenizer = None if spec.kind is ModelKind.VISION else _tokenizer_if_any(str(directory))
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=name_or_path, path=str(directory),
+                       streamed=streamed)
+
+
 def load_model(name_or_path: str) -> LoadedModel:
     """Load a named model, a local HF directory or a Hub id in float32, eval mode."""
     path, config = load_config(name_or_path)
     spec = spec_for_type(config.model_type)
     restructured = getattr(config, FACTORIZED_KEY, None) or getattr(config, SLICED_KEY, None)
-    if Path(path).is_dir() and not restructured and (checkpoint := Checkpoint(Path(path))).sharded:
-        checkpoint.check(expected_shapes(config, spec.kind.auto_class))  # before gigabytes are read
+    if not restructured and (Path(path) / INDEX).is_file():  # sharded: checked before gigabytes are read
+        Checkpoint(Path(path)).check(expected_shapes(config, spec.kind.auto_class))
     try:
         if restructured:
             model = _load_restructured(spec.kind.auto_class, spec, Path(path), config).eval()

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from pipeline.errors import SparseDeployError
 from pipeline.pruners.wanda import wanda_scores
 from pipeline.sequential import BlockContext, calibrate_sequentially
+from pipeline.streaming import BlockResidency
 from pipeline.statistics import Statistic
 
 
@@ -64,7 +65,8 @@ def owl_sparsities(lod: Sequence[float], target: float, lam: float) -> list[floa
     return sparsities
 
 
-def measure_outlier_ratios(model: PreTrainedModel, batches: list[dict[str, Any]], m: float) -> list[float]:
+def measure_outlier_ratios(model: PreTrainedModel, batches: list[dict[str, Any]], m: float,
+                           residency: BlockResidency | None = None) -> list[float]:
     """LOD of every block of the dense model (one sequential pass, weights untouched)."""
     ratios: list[float] = []
 
@@ -73,5 +75,6 @@ def measure_outlier_ratios(model: PreTrainedModel, batches: list[dict[str, Any]]
         ratios.append(outlier_ratio(scores, m))
         return False
 
-    calibrate_sequentially(model, batches, frozenset({Statistic.SECOND_MOMENT}), observe, description="OWL outliers")
+    calibrate_sequentially(model, batches, frozenset({Statistic.SECOND_MOMENT}), observe, description="OWL outliers",
+                           residency=residency)
     return ratios

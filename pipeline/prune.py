@@ -125,7 +125,8 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
 
     start = time.perf_counter()
     if owl is not None:
-        ratios = measure_outlier_ratios(loaded.model, batches, owl.m)
+        ratios = measure_outlier_ratios(loaded.model, batches, owl.m,
+                                        residency=loaded.streamed.reading() if loaded.streamed else None)
         sparsities = owl_sparsities(ratios, target, owl.lam)
         owl_info = {**asdict(owl), "outlier_ratios": ratios}
         timings["owl_s"] = time.perf_counter() - start
@@ -142,7 +143,8 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
         return True
 
     prune_start = time.perf_counter()
-    calibrate_sequentially(loaded.model, batches, pruner.statistics, prune, description=pruner.name)
+    calibrate_sequentially(loaded.model, batches, pruner.statistics, prune, description=pruner.name,
+                           residency=loaded.streamed.keeping() if loaded.streamed else None)
     pruner.finalize(loaded.model, loaded.spec)
     timings["prune_s"] = time.perf_counter() - prune_start
     timings["total_s"] = time.perf_counter() - start
@@ -163,7 +165,7 @@ def build_record(loaded: LoadedModel, result: PruneResult) -> dict[str, Any]:
             "block_sparsity": result.block_sparsity,
             "calibration": result.calibration,
         },
-        "achieved": sparsity_report(loaded.model),
+        "achieved": sparsity_report(loaded.model, loaded.streamed.kept.counts if loaded.streamed else None),
         "timings_s": result.timings_s,
         **({"diagnostics": result.diagnostics} if result.diagnostics else {}),
         "peak_rss_mb": peak_rss_mb(),
@@ -174,7 +176,11 @@ def build_record(loaded: LoadedModel, result: PruneResult) -> dict[str, Any]:
 def save_pruned(loaded: LoadedModel, record: dict[str, Any], out: Path, overwrite: bool = False) -> None:
     """Write the model (HF format), its tokenizer and the record, atomically."""
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        loaded.model.save_pretrained(tmp)
+        if loaded.streamed is None:
+            loaded.model.save_pretrained(tmp)
+        else:  # its blocks were written as they were pruned
+            loaded.model.config.save_pretrained(tmp)
+            loaded.streamed.save(loaded.model, tmp)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 from pipeline.architectures import ArchitectureSpec, blocks_prefix, linear_layers, spec_for, transformer_blocks
 from pipeline.progress import progress
 from pipeline.statistics import LayerStatistics, Statistic
+
+if TYPE_CHECKING:
+    from pipeline.streaming import BlockResidency
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +185,12 @@ def calibrate_sequentially(
     *,
     gram_dtype: torch.dtype = torch.float32,
     description: str = "calibrating",
+    residency: BlockResidency | None = None,
 ) -> None:
     """Walk the model's blocks in order, calling ``visit`` on each after collecting the
-    requested ``statistics`` from the (already visited) previous blocks' outputs."""
+    requested ``statistics`` from the (already visited) previous blocks' outputs.
+    ``residency``: for a model whose blocks are not all in memory (pipeline/streaming.py), told
+    when each block is first needed and when it is done with."""
     was_training = model.training
     model.eval()
     try:
@@ -197,6 +203,8 @@ def calibrate_sequentially(
         fused = spec.fused_rows(model.config)
         for index in progress(range(len(blocks)), desc=description, unit="blocks"):
             block = blocks[index]
+            if residency is not None:
+                residency.enter(index, block)
             layers = linear_layers(block)
             if statistics:
                 stats, outputs, reference = _collect(block, layers, inputs, statistics, gram_dtype)
@@ -205,6 +213,8 @@ def calibrate_sequentially(
             changed = visit(BlockContext(index, f"{prefix}.{index}", block, layers, stats, fused, spec, model.config))
             if changed or outputs is None:
                 outputs = _run_block(blocks[index], inputs)
+            if residency is not None:
+                residency.leave(index, blocks[index])
             inputs.hidden = outputs
             if inputs.reference is not None:
                 inputs.reference = reference

@@ -37,20 +37,31 @@ def _layer_entries(block: torch.nn.Module) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def sparsity_report(model: PreTrainedModel) -> dict[str, Any]:
+def block_counts(block: torch.nn.Module) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """One block's layer entries and the counts of all its stored parameters (norms included)."""
+    stored = list(block.parameters())
+    return _layer_entries(block), _counts(sum(t.numel() for t in stored), sum(int(torch.count_nonzero(t)) for t in stored))
+
+
+def sparsity_report(model: PreTrainedModel, counted: dict[int, Any] | None = None) -> dict[str, Any]:
     """Per prunable layer of every block, per block, and overall (blocks' layers, and the
-    whole model's stored parameters with embeddings and head; tied weights counted once)."""
+    whole model's stored parameters with embeddings and head; tied weights counted once).
+    ``counted``: :func:`block_counts` per block index, taken while each block was resident, for
+    a streamed model whose blocks are no longer in memory."""
     prefix = blocks_prefix(model)
     layers: dict[str, Any] = {}
     blocks: list[dict[str, Any]] = []
+    totals: list[dict[str, Any]] = []
     for index, block in enumerate(transformer_blocks(model)):
-        entries = _layer_entries(block)
+        entries, total = counted[index] if counted is not None else block_counts(block)
         layers.update({f"{prefix}.{index}.{name}": entry for name, entry in entries.items()})
         blocks.append(_sum(list(entries.values())))
-    stored = list(model.parameters())
+        totals.append(total)
+    outside = [t for name, t in model.named_parameters() if not name.startswith(f"{prefix}.")]
+    totals.append(_counts(sum(t.numel() for t in outside), sum(int(torch.count_nonzero(t)) for t in outside)))
     return {
         "layers": layers,
         "blocks": blocks,
         "blocks_linear": _sum(blocks),
-        "model": _counts(sum(t.numel() for t in stored), sum(int(torch.count_nonzero(t)) for t in stored)),
+        "model": _sum(totals),
     }

@@ -18,18 +18,22 @@ CONFIG = LlamaConfig(hidden_size=64, intermediate_size=160, num_attention_heads=
                      vocab_size=512, num_hidden_layers=2, tie_word_embeddings=False)
 
 
-@pytest.fixture
-def sharded(tmp_path):
+def write_sharded(out, config=CONFIG, shard_bytes=100_000):
+    """A random model of ``config`` as several shards with an index; its state dict."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(CONFIG)
-    out = tmp_path / "model"
+    model = AutoModelForCausalLM.from_config(config)
     out.mkdir()
-    CONFIG.save_pretrained(out)
-    writer = ShardWriter(out, shard_bytes=100_000)
+    config.save_pretrained(out)
+    writer = ShardWriter(out, shard_bytes=shard_bytes)
     for name, tensor in model.state_dict().items():
         writer.add(name, tensor)
     assert len(writer.close()) > 2
-    return out, model.state_dict()
+    return model.state_dict()
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    return tmp_path / "model", write_sharded(tmp_path / "model")
 
 
 def test_written_shards_load_as_the_same_model(sharded):
