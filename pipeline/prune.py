@@ -143,8 +143,13 @@ def prune_model(loaded: LoadedModel, pruner: Pruner, sparsity: float | None, cal
         return True
 
     prune_start = time.perf_counter()
-    calibrate_sequentially(loaded.model, batches, pruner.statistics, prune, description=pruner.name,
-                           residency=loaded.streamed.keeping() if loaded.streamed else None)
+    try:
+        calibrate_sequentially(loaded.model, batches, pruner.statistics, prune, description=pruner.name,
+                               residency=loaded.streamed.keeping() if loaded.streamed else None)
+    except BaseException:
+        if loaded.streamed:
+            loaded.streamed.close()  # the blocks written so far: a spool, not an output
+        raise
     pruner.finalize(loaded.model, loaded.spec)
     timings["prune_s"] = time.perf_counter() - prune_start
     timings["total_s"] = time.perf_counter() - start

@@ -55,3 +55,22 @@ def test_streamed_pruning_writes_the_in_memory_pruned_weights(tmp_path, method, 
     assert all(p.is_meta for n, p in streamed_loaded.model.named_parameters() if ".layers." in n)
     assert (tmp_path / "streamed" / INDEX).is_file()
     assert json.loads((tmp_path / "streamed" / "config.json").read_text())["num_hidden_layers"] == 3
+
+
+def test_a_failing_streamed_pass_leaves_no_spool(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    write_sharded(source, CONFIG)
+    loaded = load_streamed(str(source))
+    pruner = build_pruner("wanda")
+    calls = []
+
+    def fail_on_the_second_block(ctx, sparsity):
+        calls.append(ctx.index)
+        if ctx.index == 1:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(pruner, "prune_block", fail_on_the_second_block)
+    batches = token_batches(torch.randint(0, CONFIG.vocab_size, (2, 16)), 2, causal_lm=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        prune_model(loaded, pruner, 0.5, CalibrationConfig(), batches=batches)
+    assert calls == [0, 1] and loaded.streamed.spool is not None and not loaded.streamed.spool.exists()
