@@ -15,6 +15,13 @@ to the same layer, so a method can aim at the reference's output instead of at i
 own output on already-pruned inputs. It costs one more block forward per batch and one
 more hidden-state set in memory.
 
+Across processes (``torch.distributed`` initialized, e.g. by ``torchrun``; gloo on CPUs) each
+rank takes its share of the calibration batches: per block the statistics, which are sums, are
+summed over the ranks with ``all_reduce`` before the visit, every rank visits the block with
+the same sums (so whatever the visit returns or records, such as OWL's outlier ratios, exists on
+every rank), rank 0's block is then broadcast so that all ranks hold the same bytes, and each
+rank runs its own batches through it. With one process nothing of this happens.
+
 The engine knows no method: it only knows which statistics were asked for.
 """
 
@@ -25,10 +32,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from pipeline.architectures import ArchitectureSpec, blocks_prefix, linear_layers, spec_for, transformer_blocks
+from pipeline.errors import SparseDeployError
 from pipeline.progress import progress
 from pipeline.statistics import LayerStatistics, Statistic
 
@@ -176,6 +185,35 @@ def _collect(block: nn.Module, layers: dict[str, nn.Linear], inputs: _BlockInput
     return collector.stats, outputs, reference
 
 
+def _ranks() -> tuple[int, int]:
+    """(this process's rank, the number of ranks): (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _share(batches: list[dict[str, Any]], rank: int, world: int) -> list[dict[str, Any]]:
+    if len(batches) < world:
+        raise SparseDeployError(f"{len(batches)} calibration batches cannot be shared by {world} ranks")
+    return batches[rank::world]
+
+
+def _sum_over_ranks(stats: dict[str, LayerStatistics]) -> None:
+    """Every rank's sums, added up on every rank (layers sharing an input share one object)."""
+    for s in {id(s): s for s in stats.values()}.values():
+        for tensor in (s.sq_sum, s.gram_sum, s.cross_sum):
+            if tensor is not None:
+                dist.all_reduce(tensor)
+        counts = torch.tensor([s.tokens, s.cross_tokens], dtype=torch.int64)
+        dist.all_reduce(counts)
+        s.tokens, s.cross_tokens = int(counts[0]), int(counts[1])
+
+
+def _broadcast_block(block: nn.Module) -> None:
+    for tensor in block.state_dict().values():
+        dist.broadcast(tensor, src=0)
+
+
 @torch.no_grad()
 def calibrate_sequentially(
     model: PreTrainedModel,
@@ -193,6 +231,9 @@ def calibrate_sequentially(
     when each block is first needed and when it is done with."""
     was_training = model.training
     model.eval()
+    rank, world = _ranks()
+    if world > 1:
+        batches = _share(batches, rank, world)
     try:
         inputs = _capture_first_block_inputs(model, batches)
         if Statistic.CROSS in statistics:
@@ -208,9 +249,13 @@ def calibrate_sequentially(
             layers = linear_layers(block)
             if statistics:
                 stats, outputs, reference = _collect(block, layers, inputs, statistics, gram_dtype)
+                if world > 1:
+                    _sum_over_ranks(stats)
             else:
                 stats, outputs, reference = {}, None, []
             changed = visit(BlockContext(index, f"{prefix}.{index}", block, layers, stats, fused, spec, model.config))
+            if world > 1 and changed:
+                _broadcast_block(blocks[index])
             if changed or outputs is None:
                 outputs = _run_block(blocks[index], inputs)
             if residency is not None:
