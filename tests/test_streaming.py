@@ -74,3 +74,14 @@ def test_a_failing_streamed_pass_leaves_no_spool(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         prune_model(loaded, pruner, 0.5, CalibrationConfig(), batches=batches)
     assert calls == [0, 1] and loaded.streamed.spool is not None and not loaded.streamed.spool.exists()
+
+
+def test_prune_stream_on_the_command_line_writes_what_the_in_memory_prune_writes(tmp_path):
+    from pipeline.app.cli import main
+
+    args = ["prune", "--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.5", "--calib-samples", "8",
+            "--calib-seq-len", "32"]
+    assert main([*args, "--out", str(tmp_path / "memory")]) == 0
+    assert main([*args, "--stream", "--out", str(tmp_path / "streamed")]) == 0
+    memory, streamed = (load_model(str(tmp_path / name)).model.state_dict() for name in ("memory", "streamed"))
+    assert (tmp_path / "streamed" / INDEX).is_file() and all(torch.equal(memory[k], streamed[k]) for k in memory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -87,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--owl-lambda", type=float, default=owl.lam, help="OWL half-spread lambda (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output directory (must be empty or absent)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--stream", action="store_true",
+                   help="one decoder block in memory at a time, read from the checkpoint's shards and written to the "
+                        "output's as pruned: for models larger than memory (docs/streaming.md)")
     _add_calibration_args(p)
 
     e = sub.add_parser("eval", help="held-out perplexity of a causal LM")
@@ -143,8 +147,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_ranks() -> int:
+    """This process's rank; under torchrun (WORLD_SIZE > 1) after joining the gloo process group,
+    so that the ranks share the calibration (pipeline/sequential.py) and rank 0 writes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank()
+
+
 def _cmd_prune(args: argparse.Namespace) -> None:
-    from pipeline.models import load_model
+    from pipeline.models import load_model, load_streamed
     from pipeline.owl import OWLConfig
     from pipeline.prune import (
         CalibrationConfig,
@@ -162,8 +178,13 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     owl = OWLConfig(m=args.owl_m, lam=args.owl_lambda) if args.owl else None
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed,
                                     image_size=args.calib_image_size)
-    loaded = load_model(args.model)
+    rank = _join_ranks()
+    loaded = (load_streamed if args.stream else load_model)(args.model)
     result = prune_model(loaded, pruner, args.sparsity, calibration, owl=owl)
+    if rank != 0:  # the ranks hold the same weights; one writes
+        if loaded.streamed:
+            loaded.streamed.close()
+        return
     record = build_record(loaded, result)
     save_pruned(loaded, record, args.out, overwrite=args.overwrite)
     achieved = record["achieved"]["blocks_linear"]["sparsity"]
