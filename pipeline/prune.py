@@ -183,8 +183,10 @@ def save_pruned(loaded: LoadedModel, record: dict[str, Any], out: Path, overwrit
     with atomic_directory(out, overwrite=overwrite) as tmp:
         if loaded.streamed is None:
             loaded.model.save_pretrained(tmp)
-        else:  # its blocks were written as they were pruned
+        else:  # its blocks were written as they were pruned; the rest as save_pretrained would
             loaded.model.config.save_pretrained(tmp)
+            if getattr(loaded.model, "generation_config", None) is not None:
+                loaded.model.generation_config.save_pretrained(tmp)
             loaded.streamed.save(loaded.model, tmp)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)

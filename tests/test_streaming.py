@@ -54,6 +54,8 @@ def test_streamed_pruning_writes_the_in_memory_pruned_weights(tmp_path, method, 
     assert streamed_record["recipe"]["block_sparsity"] == memory_record["recipe"]["block_sparsity"]
     assert all(p.is_meta for n, p in streamed_loaded.model.named_parameters() if ".layers." in n)
     assert (tmp_path / "streamed" / INDEX).is_file()
+    assert sorted(p.name for p in (tmp_path / "streamed").glob("*.json") if p.name != INDEX) == \
+        sorted(p.name for p in (tmp_path / "memory").glob("*.json") if p.name != INDEX)
     assert json.loads((tmp_path / "streamed" / "config.json").read_text())["num_hidden_layers"] == 3
 
 
