@@ -29,7 +29,7 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from pipeline.architectures import blocks_prefix
-from pipeline.shards import SHARD_BYTES, Checkpoint, ShardWriter
+from pipeline.shards import INDEX, SHARD_BYTES, Checkpoint, ShardWriter
 from pipeline.sparsity_report import block_counts
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class StreamedModel:
                 writer.add(name, tensor)
         for shard in writer.close():
             shutil.move(str(self.spool / shard), str(out / shard))
-        shutil.move(str(self.spool / "model.safetensors.index.json"), str(out / "model.safetensors.index.json"))
+        shutil.move(str(self.spool / INDEX), str(out / INDEX))
         self.close()
 
     def close(self) -> None:
