@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from accelerate import init_empty_weights
 from torch import nn
 
@@ -95,7 +96,11 @@ class StreamedModel:
         return StreamedBlocks(self.checkpoint, self.prefix)
 
     def keeping(self, shard_bytes: int = SHARD_BYTES) -> StreamedBlocks:
-        """For the pass whose results are the model: each block written as it leaves."""
+        """For the pass whose results are the model: each block written as it leaves; on the
+        ranks other than 0 of a torch.distributed run (which hold the same blocks, and do not
+        write) as ``reading``."""
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return self.reading()
         if self.kept is not None:
             raise RuntimeError("a streamed model keeps the blocks of one pass only")
         self.spool = Path(tempfile.mkdtemp(prefix="sparse-deploy-blocks-"))
