@@ -268,6 +268,14 @@ def head_is_tied(model: PreTrainedModel) -> bool:
     return found is not None and embeddings is not None and found[1].weight is embeddings.weight
 
 
+def tied_weight_names(model: PreTrainedModel) -> set[str]:
+    """State-dict names that are another weight under a second name (a tied LM head): not
+    stored in a checkpoint, not loaded from one."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return set()
+    return set(getattr(model, "_tied_weights_keys", None) or [])
+
+
 def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
     """The prunable Linear layers of one block, by name relative to the block. A module that
     declares ``decomposes_one_layer`` (OATS's sparse + low-rank layer) holds the parts of one

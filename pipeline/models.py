@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from pipeline.architectures import ArchitectureSpec, ModelKind, spec_for_type
+from pipeline.architectures import ArchitectureSpec, ModelKind, spec_for_type, tied_weight_names
 from pipeline.atomic import atomic_directory, remove_stale_temporaries
 from pipeline.errors import SparseDeployError, first_line
 from pipeline.factorized import CONFIG_KEY as FACTORIZED_KEY
@@ -208,7 +208,7 @@ def _load_restructured(auto: type, spec: ArchitectureSpec, directory: Path, conf
     restore_sliced(model, spec, getattr(config, SLICED_KEY, None) or {})
     restore_factorized(model, getattr(config, FACTORIZED_KEY, None) or {})
     missing, unexpected = model.load_state_dict(_read_state_dict(directory), strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or []) if config.tie_word_embeddings else set()
+    tied = tied_weight_names(model)
     if unexpected or set(missing) - tied:
         raise SparseDeployError(f"weights in {directory} do not match the recorded factorized layers "
                                 f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")

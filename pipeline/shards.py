@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
+from pipeline.architectures import tied_weight_names
 from pipeline.errors import SparseDeployError, first_line
 
 INDEX = "model.safetensors.index.json"
@@ -103,7 +104,7 @@ def expected_shapes(config: PretrainedConfig, auto_class: Any) -> dict[str, tupl
     on the meta device (no storage); a tied head is not stored (it is the embedding)."""
     with torch.device("meta"):
         model = auto_class.from_config(config, dtype=torch.float32)
-    tied = set(getattr(model, "_tied_weights_keys", None) or []) if config.tie_word_embeddings else set()
+    tied = tied_weight_names(model)
     return {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
 
 

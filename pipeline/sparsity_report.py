@@ -15,6 +15,10 @@ def _counts(params: int, nonzeros: int) -> dict[str, Any]:
     return {"params": params, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params if params else 0.0}
 
 
+def _tensor_counts(tensors: list[torch.Tensor]) -> dict[str, Any]:
+    return _counts(sum(t.numel() for t in tensors), sum(int(torch.count_nonzero(t)) for t in tensors))
+
+
 def _sum(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return _counts(sum(e["params"] for e in entries), sum(e["nonzeros"] for e in entries))
 
@@ -39,8 +43,7 @@ def _layer_entries(block: torch.nn.Module) -> dict[str, dict[str, Any]]:
 
 def block_counts(block: torch.nn.Module) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """One block's layer entries and the counts of all its stored parameters (norms included)."""
-    stored = list(block.parameters())
-    return _layer_entries(block), _counts(sum(t.numel() for t in stored), sum(int(torch.count_nonzero(t)) for t in stored))
+    return _layer_entries(block), _tensor_counts(list(block.parameters()))
 
 
 def sparsity_report(model: PreTrainedModel, counted: dict[int, Any] | None = None) -> dict[str, Any]:
@@ -57,8 +60,7 @@ def sparsity_report(model: PreTrainedModel, counted: dict[int, Any] | None = Non
         layers.update({f"{prefix}.{index}.{name}": entry for name, entry in entries.items()})
         blocks.append(_sum(list(entries.values())))
         totals.append(total)
-    outside = [t for name, t in model.named_parameters() if not name.startswith(f"{prefix}.")]
-    totals.append(_counts(sum(t.numel() for t in outside), sum(int(torch.count_nonzero(t)) for t in outside)))
+    totals.append(_tensor_counts([t for name, t in model.named_parameters() if not name.startswith(f"{prefix}.")]))
     return {
         "layers": layers,
         "blocks": blocks,

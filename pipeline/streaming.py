@@ -29,7 +29,7 @@ import torch.distributed as dist
 from accelerate import init_empty_weights
 from torch import nn
 
-from pipeline.architectures import blocks_prefix
+from pipeline.architectures import blocks_prefix, tied_weight_names
 from pipeline.shards import INDEX, SHARD_BYTES, Checkpoint, ShardWriter
 from pipeline.sparsity_report import block_counts
 
@@ -112,10 +112,8 @@ class StreamedModel:
         if self.kept is None or self.kept.writer is None or self.spool is None:
             raise RuntimeError("nothing kept: no pass wrote this streamed model's blocks")
         writer = self.kept.writer
-        block_names = f"{self.prefix}."
-        for name, tensor in model.state_dict().items():
-            if not name.startswith(block_names) and name not in _tied_names(model):
-                writer.add(name, tensor)
+        for name, tensor in outside_blocks(model, self.prefix).items():
+            writer.add(name, tensor)
         for shard in writer.close():
             shutil.move(str(self.spool / shard), str(out / shard))
         shutil.move(str(self.spool / INDEX), str(out / INDEX))
@@ -126,9 +124,10 @@ class StreamedModel:
             shutil.rmtree(self.spool, ignore_errors=True)
 
 
-def _tied_names(model: nn.Module) -> set[str]:
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    return set(getattr(model, "_tied_weights_keys", None) or []) if tied else set()
+def outside_blocks(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The state-dict entries outside the decoder blocks (embeddings, final norm, an untied head)."""
+    tied = tied_weight_names(model)
+    return {name: t for name, t in model.state_dict().items() if not name.startswith(f"{prefix}.") and name not in tied}
 
 
 def skeleton(auto_class: Any, config: Any, checkpoint: Checkpoint) -> tuple[nn.Module, StreamedModel]:
@@ -136,8 +135,7 @@ def skeleton(auto_class: Any, config: Any, checkpoint: Checkpoint) -> tuple[nn.M
     with init_empty_weights(include_buffers=False):
         model = auto_class.from_config(config, dtype=torch.float32)
     prefix = blocks_prefix(model)
-    outside = {name: checkpoint.tensor(name) for name in model.state_dict()
-               if not name.startswith(f"{prefix}.") and name not in _tied_names(model)}
+    outside = {name: checkpoint.tensor(name) for name in outside_blocks(model, prefix)}
     model.load_state_dict(outside, strict=False, assign=True)
     model.tie_weights()
     return model.eval(), StreamedModel(checkpoint, prefix)
