@@ -15,7 +15,7 @@ The directory (config.json, ``model.safetensors.index.json`` and the shards) is 
 cache (``make clean-cache`` removes it):
 
     .venv/bin/python -m benchmarks.proxy_checkpoint --proxy llama7b            # 32 blocks, ~27 GB
-    .venv/bin/python -m benchmarks.proxy_checkpoint --proxy phi3-mini          # 32 blocks, ~15 GB
+    .venv/bin/python -m benchmarks.proxy_checkpoint --proxy phi3-mini          # 32 blocks
 """
 
 from __future__ import annotations
