@@ -13,6 +13,7 @@ only when parity passes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from export import templates
 from export.metadata import write_metadata
 from export.parity import (PARITY_SEQ_LEN, PARITY_WINDOWS, Tolerance, check_reference, perplexity_parity,
                            reference_outputs)
+from export.streamed import ExternalData, write_streamed_graph
 from export.weights import rename_weight_initializers, weight_report
 from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory, check_destination
@@ -36,9 +38,10 @@ from pipeline.data import check_windows
 from pipeline.environment import describe
 from pipeline.errors import SparseDeployError
 from pipeline.factorized import factor_roles
-from pipeline.models import LoadedModel, load_model
+from pipeline.models import LoadedModel, load_model, load_streamed
 from pipeline.progress import heartbeat
 from pipeline.prune import RECORD_FILE
+from pipeline.streaming import resident_while_called
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,18 @@ def sha256(path: Path) -> str:
 
 
 def hashed_files(root: Path) -> dict[str, str]:
-    """sha256 of every file of an artifact directory except the top-level ``UNHASHED`` ones."""
-    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and str(p.relative_to(root)) not in UNHASHED}
+    """sha256 of every file of an artifact directory except the top-level ``UNHASHED`` ones (a
+    file linked under two names, such as a data file two graphs share, is read once)."""
+    by_inode: dict[tuple[int, int], str] = {}
+    hashes = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and str(p.relative_to(root)) not in UNHASHED:
+            stat = p.stat()
+            key = (stat.st_dev, stat.st_ino)
+            if key not in by_inode:
+                by_inode[key] = sha256(p)
+            hashes[str(p.relative_to(root))] = by_inode[key]
+    return hashes
 
 
 def read_manifest(artifact: Path) -> dict[str, Any]:
@@ -156,12 +168,23 @@ def _copy_serving_files(model_dir: Path, out: Path) -> None:
                 shutil.copy2(f, out / f.name)
 
 
+def _whole_model(loaded: LoadedModel) -> contextlib.AbstractContextManager:
+    """Where a forward pass of the torch model may run: as it is, or, streamed, with each block
+    read from the checkpoint while it is called."""
+    if loaded.streamed is None:
+        return contextlib.nullcontext()
+    return resident_while_called(loaded.model, loaded.streamed.reading())
+
+
 def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: Tolerance = Tolerance(),
-                    parity_windows: int = PARITY_WINDOWS, parity_seq_len: int = PARITY_SEQ_LEN) -> dict[str, Any]:
-    """Export ``model`` (a pruned directory, a named model or a Hub id) to the artifact ``out``."""
+                    parity_windows: int = PARITY_WINDOWS, parity_seq_len: int = PARITY_SEQ_LEN,
+                    stream: bool = False) -> dict[str, Any]:
+    """Export ``model`` (a pruned directory, a named model or a Hub id) to the artifact ``out``.
+    ``stream``: for a model larger than memory, one decoder block in memory at a time
+    (export/streamed.py); the artifact is the same."""
     check_destination(out, overwrite)
     check_windows(parity_windows, parity_seq_len, "perplexity parity")
-    loaded = load_model(model)
+    loaded = load_streamed(model) if stream else load_model(model)
     model_dir = Path(loaded.path)
     started = time.perf_counter()
     common = {
@@ -169,13 +192,21 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
         "source_model": {"name": loaded.source, "model_type": loaded.spec.model_type,
                          "safetensors_sha256": _source_hash(model_dir)},
         "recipe": _recipe(model_dir),
-        "export": {"exporter": "torch.onnx (dynamo)", "opset": OPSET, "ir_version": IR_VERSION},
+        "export": {"exporter": "torch.onnx (dynamo)", "opset": OPSET, "ir_version": IR_VERSION,
+                   "streamed": stream},
     }
     with atomic_directory(out, overwrite=overwrite) as tmp:
         flavours, parity, weights = {}, {}, None
+        # streamed: every graph's weights in the first graph's data file (the others link it)
+        store = ExternalData(tmp / (next(iter(FLAVOURS[loaded.spec.kind].values())) + ".data"))
         for flavour, rel in FLAVOURS[loaded.spec.kind].items():
-            written = _write_graph(loaded, flavour, tmp / rel, common)
-            reference = reference_outputs(loaded.model, flavour, tmp / rel)
+            if loaded.streamed is not None:
+                written = write_streamed_graph(loaded.model, loaded.streamed.checkpoint, flavour, tmp / rel, common,
+                                               store, factor_roles(loaded.model))
+            else:
+                written = _write_graph(loaded, flavour, tmp / rel, common)
+            with _whole_model(loaded):
+                reference = reference_outputs(loaded.model, flavour, written["io"]["outputs"])
             parity[flavour] = check_reference(tmp / rel, reference, tolerance)
             if written["template"] and not parity[flavour]["passed"]:  # never ship a template's mistake
                 log.warning("%s graph from template %s misses parity: tracing it", flavour, written["template"])
@@ -188,7 +219,7 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
                                  "traced": written["template"] is None}  # else: a template with these weights
             weights = weights or written["weights"]  # every flavour holds the same weights
         if "prefill" in flavours and loaded.tokenizer is not None:  # proxies ship no tokenizer
-            with heartbeat(f"perplexity parity on {parity_windows} x {parity_seq_len} tokens"):
+            with heartbeat(f"perplexity parity on {parity_windows} x {parity_seq_len} tokens"), _whole_model(loaded):
                 parity["perplexity"] = perplexity_parity(loaded.model, loaded.tokenizer,
                                                          tmp / flavours["prefill"]["file"], tolerance,
                                                          windows=parity_windows, seq_len=parity_seq_len)

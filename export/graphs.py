@@ -151,31 +151,52 @@ def make_deepsparse_compatible(model: onnx.ModelProto) -> None:
     model.ir_version = IR_VERSION
 
 
+@dataclass
+class GraphSpec:
+    """What ``torch.onnx.export`` is given for one flavour: the module, example inputs, names and
+    dynamic axes. Built inside :func:`table_rotary` (the module holds the tables)."""
+
+    module: nn.Module
+    feeds: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic: tuple
+
+    def export(self, path: Path | None = None, optimize: bool = True) -> Any:
+        """``torch.onnx.export`` (dynamo) to ``path`` with external data, or, without a path, the
+        ``ONNXProgram`` in memory (how a graph is traced with fake weights)."""
+        return torch.onnx.export(self.module, tuple(self.feeds.values()), str(path) if path else None, dynamo=True,
+                                 opset_version=OPSET, input_names=list(self.feeds), output_names=self.outputs,
+                                 dynamic_shapes=self.dynamic, external_data=True, optimize=optimize, verbose=False)
+
+    def io(self, rope_table: int | None) -> dict[str, Any]:
+        return {"inputs": list(self.feeds), "outputs": self.outputs, "rope_table_positions": rope_table}
+
+
+def graph_spec(model: PreTrainedModel, flavour: str) -> GraphSpec:
+    """The export arguments of ``flavour`` for ``model`` (call inside :func:`table_rotary`)."""
+    kind = spec_for(model).kind
+    if flavour == "decode":
+        geometry = KVGeometry.of(model)
+        feeds = decode_inputs(geometry, seq=3, past=5, batch=2)  # sizes of 1 would be specialized
+        dynamic: tuple = ({0: "batch", 1: "sequence"}, {0: "batch", 1: "total_sequence"}, {0: "batch", 1: "sequence"})
+        if geometry.layers:  # forward's *past, as one group
+            dynamic += (tuple({0: "batch", 2: "past_sequence"} for _ in range(2 * geometry.layers)),)
+        return GraphSpec(CausalLMDecode(model).eval(), feeds, ["logits", *geometry.names("present")], dynamic)
+    if flavour in ("prefill", "encoder"):  # one input, the kind's (a causal LM's prefill: token ids)
+        graph_input = kind.encoder_input
+        feeds = {graph_input.name: torch.from_numpy(graph_input.example(model.config, batch=2, seq_len=8))}
+        if flavour == "prefill":
+            return GraphSpec(CausalLMPrefill(model).eval(), feeds, ["logits"], (graph_input.dynamic,))
+        return GraphSpec(EncoderGraph(model, graph_input.name).eval(), feeds, ["last_hidden_state"],
+                         (graph_input.dynamic,))
+    raise ValueError(f"unknown flavour {flavour}")
+
+
 def export_graph(model: PreTrainedModel, flavour: str, path: Path) -> dict:
     """Export one flavour, raw, to ``path`` (external data beside it); the artifact writer
     post-processes it. Returns the graph's I/O description."""
     model = model.eval()
-    kind = spec_for(model).kind
     with table_rotary(model) as rope_table:
-        if flavour == "decode":
-            geometry = KVGeometry.of(model)
-            feeds = decode_inputs(geometry, seq=3, past=5, batch=2)  # sizes of 1 would be specialized
-            module = CausalLMDecode(model).eval()
-            outputs = ["logits", *geometry.names("present")]
-            dynamic = ({0: "batch", 1: "sequence"}, {0: "batch", 1: "total_sequence"}, {0: "batch", 1: "sequence"})
-            if geometry.layers:  # forward's *past, as one group
-                dynamic += (tuple({0: "batch", 2: "past_sequence"} for _ in range(2 * geometry.layers)),)
-            args = tuple(feeds.values())  # dynamic_shapes groups the past tensors as forward's *past
-        elif flavour in ("prefill", "encoder"):  # one input, the kind's (a causal LM's prefill: token ids)
-            graph_input = kind.encoder_input
-            feeds = {graph_input.name: torch.from_numpy(graph_input.example(model.config, batch=2, seq_len=8))}
-            args, dynamic = (feeds[graph_input.name],), (graph_input.dynamic,)
-            if flavour == "prefill":
-                module, outputs = CausalLMPrefill(model).eval(), ["logits"]
-            else:
-                module, outputs = EncoderGraph(model, graph_input.name).eval(), ["last_hidden_state"]
-        else:
-            raise ValueError(f"unknown flavour {flavour}")
-        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET, input_names=list(feeds),
-                          output_names=outputs, dynamic_shapes=dynamic, external_data=True, verbose=False)
-    return {"inputs": list(feeds), "outputs": outputs, "rope_table_positions": rope_table}
+        spec = graph_spec(model, flavour)
+        spec.export(path)
+    return spec.io(rope_table)

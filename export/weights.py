@@ -68,28 +68,22 @@ def detect_pattern(array: np.ndarray, input_axis: int) -> str:
     return "unstructured"
 
 
+def weight_entry(name: str, array: np.ndarray, role: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One weight initializer's report entry (shape, non-zeros, sparsity, pattern), read from its
+    values. A MatMul weight stored as W.T (``name`` ends in ``.T``) is [in, out]: inputs along axis 0."""
+    role = role or {}
+    nonzeros = int(np.count_nonzero(array))
+    input_axis = 0 if name.endswith(TRANSPOSED_SUFFIX) else array.ndim - 1
+    pattern = "low-rank" if role.get("role", "").startswith("low-rank") else detect_pattern(array, input_axis)
+    return {"shape": list(array.shape), "nonzeros": nonzeros, "sparsity": 1 - nonzeros / array.size,
+            "pattern": pattern, **role}
+
+
 def weight_report(graph: onnx.GraphProto, weights: dict[str, str],
                   roles: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Per weight initializer: shape, non-zeros, sparsity, pattern, read from its values.
-    ``weights`` maps initializer -> parameter name; ``roles`` (by parameter name) marks the
-    parts of factorized layers: a low-rank factor's pattern is ``low-rank`` with its rank.
-    The graph must be loaded with its external data."""
+    """Per weight initializer: :func:`weight_entry`. ``weights`` maps initializer -> parameter
+    name; ``roles`` (by parameter name) marks the parts of factorized layers: a low-rank
+    factor's pattern is ``low-rank`` with its rank. The graph must be loaded with its external data."""
     roles = roles or {}
-    report = {}
-    for init in graph.initializer:
-        if init.name not in weights:
-            continue
-        array = numpy_helper.to_array(init)
-        nonzeros = int(np.count_nonzero(array))
-        # A MatMul weight stored as W.T is [in, out]: inputs along axis 0.
-        input_axis = 0 if init.name.endswith(TRANSPOSED_SUFFIX) else array.ndim - 1
-        role = roles.get(weights[init.name], {})
-        pattern = "low-rank" if role.get("role", "").startswith("low-rank") else detect_pattern(array, input_axis)
-        report[init.name] = {
-            "shape": list(array.shape),
-            "nonzeros": nonzeros,
-            "sparsity": 1 - nonzeros / array.size,
-            "pattern": pattern,
-            **role,
-        }
-    return report
+    return {init.name: weight_entry(init.name, numpy_helper.to_array(init), roles.get(weights[init.name]))
+            for init in graph.initializer if init.name in weights}

@@ -17,19 +17,20 @@ calibration activations, and one shard being written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
 from accelerate import init_empty_weights
 from torch import nn
 
-from pipeline.architectures import blocks_prefix, tied_weight_names
+from pipeline.architectures import blocks_prefix, tied_weight_names, transformer_blocks
 from pipeline.shards import INDEX, SHARD_BYTES, Checkpoint, ShardWriter
 from pipeline.sparsity_report import block_counts
 
@@ -139,3 +140,18 @@ def skeleton(auto_class: Any, config: Any, checkpoint: Checkpoint) -> tuple[nn.M
     model.load_state_dict(outside, strict=False, assign=True)
     model.tie_weights()
     return model.eval(), StreamedModel(checkpoint, prefix)
+
+
+@contextlib.contextmanager
+def resident_while_called(model: nn.Module, residency: BlockResidency) -> Iterator[None]:
+    """Each decoder block entered when it is called and left when it returns, so that a whole
+    forward pass (an export's parity reference, a perplexity) holds one block at a time."""
+    handles = []
+    for index, block in enumerate(transformer_blocks(model)):
+        handles.append(block.register_forward_pre_hook(lambda mod, _args, i=index: residency.enter(i, mod)))
+        handles.append(block.register_forward_hook(lambda mod, _args, _out, i=index: residency.leave(i, mod)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
