@@ -181,9 +181,7 @@ class ExternalData:
         offset = -(-self.size // ALIGNMENT) * ALIGNMENT
         data = np.ascontiguousarray(array).data
         try:
-            with open(self.path, "r+b" if self.path.exists() else "wb") as f:
-                f.seek(offset)
-                f.write(data)
+            self._write(offset, data)
         except OSError as exc:
             raise SparseDeployError(f"cannot write {self.path.name} ({exc.strerror or exc}, "
                                     f"{self.size / 1e9:.2f} GB written): the export is abandoned, "
@@ -191,6 +189,11 @@ class ExternalData:
         self.offsets[name] = (offset, data.nbytes)
         self.size = offset + data.nbytes
         return self.offsets[name]
+
+    def _write(self, offset: int, data: memoryview) -> None:
+        with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+            f.seek(offset)
+            f.write(data)
 
     def share_with(self, directory: Path) -> None:
         """The same file under ``directory`` (a graph there names it relative to itself)."""

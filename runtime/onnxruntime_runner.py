@@ -15,8 +15,14 @@ import numpy as np
 import onnxruntime as ort
 
 
-def session(path: str | Path, threads: int | None = None, spinning: bool = False) -> ort.InferenceSession:
+def session(path: str | Path, threads: int | None = None, spinning: bool = False,
+            prepack: bool = True) -> ort.InferenceSession:
+    """``prepack=False``: MatMul weights are used where they lie (external data is memory-mapped)
+    instead of copied into MLAS's packed layout, which holds a second copy of every weight on the
+    heap: slower, but what a model larger than memory needs for a check on a few tokens."""
     options = ort.SessionOptions()
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
