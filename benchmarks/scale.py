@@ -1,8 +1,10 @@
-"""Full-depth LLaMA-7B geometry on one machine: peak memory, time and disk of each stage.
+"""A full-depth model larger than memory on one machine: peak memory, time and disk of each stage.
 
-The full-depth proxy checkpoint (benchmarks/proxy_checkpoint.py: LLaMA-7B's configuration,
-32 blocks, random weights, 26.95 GB of fp32 in shards) is pruned with OWL+Wanda 70% by the
-streamed path (pipeline/streaming.py: one block resident at a time). Each stage runs in its own
+A recipe (recipes/proxies/*-full-*.yaml) names a full-depth proxy checkpoint
+(benchmarks/proxy_checkpoint.py; LLaMA-7B's: its configuration, 32 blocks, random weights,
+26.95 GB of fp32 in shards), the variant to prune it to (OWL+Wanda 70%), the calibration set and
+the runtimes that time the pruned artifact. Pruning and export are streamed
+(pipeline/streaming.py, export/streamed.py: one block resident at a time). Each stage runs in its own
 child process and its peak RSS is the child's own (``wait4``'s ``ru_maxrss``), so no stage is
 charged for another's memory:
 
@@ -21,12 +23,13 @@ in its RSS, which the kernel reclaims under pressure, so peak RSS is given with 
 (heap) and file-backed parts. When the disk cannot hold checkpoint, pruned model and artifact at
 once, the checkpoint (deterministic, rewritten in ~2 min) is removed after pruning.
 
-Calibration: 8 windows x 256 tokens of the usual C4 text, token ids folded into the vocabulary
+Calibration (the recipe's; 8 windows x 256 tokens): the usual C4 text, token ids folded into the vocabulary
 (as for every proxy; computed by the parent, handed to the child as a file, so the child does
 not load the tokenizer's model). Each stage's measurement is kept in the work directory, so
 ``--stages`` reruns some and the report keeps the others'.
 
-    .venv/bin/python -m benchmarks.scale          # ~1.5 h on 2 cores; ~55-80 GB of disk under the cache
+    .venv/bin/python -m benchmarks.scale --recipe recipes/proxies/llama7b-full-owl-wanda-70.yaml
+    # ~1 h on 2 cores; ~55-80 GB of disk under the cache; --blocks 2 for a quick check (nothing written)
 """
 
 from __future__ import annotations
@@ -41,37 +44,70 @@ import sys
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import yaml
 
 from benchmarks.cache import tree_gb
 from benchmarks.output import write_results
-from benchmarks.proxies import PROXIES, proxy_batches
+from benchmarks.proxies import PROXIES, Variant, proxy_batches
 from benchmarks.proxy_checkpoint import proxy_checkpoint
 from pipeline.environment import describe
+from pipeline.errors import SparseDeployError
 from pipeline.shards import INDEX
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).parent / "results" / "scale_llama7b"
-PROXY, SPARSITY, OWL_M, OWL_LAMBDA = "llama7b", 0.7, 5.0, 0.08
-SAMPLES, SEQ_LEN = 8, 256
-BENCH_RUNTIMES = ("openvino-sparse",)  # whose loaded form of the 70% artifact fits 24 GiB (see the report)
-BENCH_PAST, BENCH_SEQ, BENCH_REPETITIONS = 127, 128, 5
-STAGES = ("checkpoint", "load", "prune", "export", *(f"bench-{r}" for r in BENCH_RUNTIMES))
+ROOT = Path(__file__).parents[1]
+RECIPE = ROOT / "recipes" / "proxies" / "llama7b-full-owl-wanda-70.yaml"
+BENCH_PAST, BENCH_SEQ, BENCH_REPETITIONS = 127, 128, 5  # the proxies' decode and prefill sizes; few runs: ~1 s each
+BASE_STAGES = ("checkpoint", "load", "prune", "export")
 
 
-def _stage(stage: str, work: Path, blocks: int) -> None:
+@dataclass(frozen=True)
+class ScaleRecipe:
+    """A full-depth run as data (recipes/proxies/*-full-*.yaml): the proxy, the variant (as
+    benchmarks/proxies.py writes it), the calibration set, the runtimes that time the artifact
+    (those whose loaded form fits the machine), and where the results go."""
+
+    proxy: str
+    variant: Variant
+    samples: int
+    seq_len: int
+    runtimes: tuple[str, ...]
+    out: Path
+
+    @classmethod
+    def load(cls, path: Path) -> "ScaleRecipe":
+        data = yaml.safe_load(path.read_text())
+        allowed = {"proxy", "variant", "calibration", "runtimes", "out"}
+        if not isinstance(data, dict) or set(data) - allowed or data.get("proxy") not in PROXIES:
+            raise SparseDeployError(f"{path}: a full-depth recipe has keys {', '.join(sorted(allowed))} and a proxy "
+                                    f"among {', '.join(PROXIES)}")
+        calibration = data.get("calibration", {})
+        return cls(data["proxy"], Variant.parse(data["variant"]), int(calibration.get("samples", 8)),
+                   int(calibration.get("seq_len", 256)), tuple(data.get("runtimes", ())),
+                   ROOT / data.get("out", f"benchmarks/results/scale_{data['proxy']}"))
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return (*BASE_STAGES, *(f"bench-{r}" for r in self.runtimes))
+
+
+def _stage(stage: str, work: Path, blocks: int, recipe: ScaleRecipe) -> None:
     """One stage, in this (child) process."""
     from pipeline.models import load_streamed
     from pipeline.owl import OWLConfig
     from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
     from pipeline.pruners import build_pruner
 
+    if stage not in recipe.stages:
+        raise SystemExit(f"unknown stage {stage}; the recipe's are {', '.join(recipe.stages)}")
     source = work / "source.txt"
     if stage == "checkpoint":
-        source.write_text(str(proxy_checkpoint(PROXY, blocks)))
+        source.write_text(str(proxy_checkpoint(recipe.proxy, blocks)))
         return
     loaded = load_streamed(source.read_text())
     if stage == "load":
@@ -85,8 +121,10 @@ def _stage(stage: str, work: Path, blocks: int) -> None:
         _bench(stage.removeprefix("bench-"), work)
         return
     batches = torch.load(work / "batches.pt")
-    result = prune_model(loaded, build_pruner("wanda"), SPARSITY, CalibrationConfig(samples=SAMPLES, seq_len=SEQ_LEN),
-                         owl=OWLConfig(m=OWL_M, lam=OWL_LAMBDA), batches=batches)
+    variant = recipe.variant
+    result = prune_model(loaded, build_pruner(variant.method, **dict(variant.params)), variant.sparsity,
+                         CalibrationConfig(samples=recipe.samples, seq_len=recipe.seq_len),
+                         owl=OWLConfig() if variant.owl else None, batches=batches)
     save_pruned(loaded, build_record(loaded, result), work / "pruned", overwrite=True)
 
 
@@ -116,12 +154,12 @@ def _memory(pid: int) -> tuple[int, int]:
     return kb("RssAnon"), kb("RssFile") + kb("RssShmem")
 
 
-def _run_child(stage: str, work: Path, blocks: int) -> dict[str, float]:
+def _run_child(stage: str, work: Path, blocks: int, recipe: Path) -> dict[str, float]:
     """Peak RSS (GB; with its anonymous and file-backed parts, sampled) and wall time (s) of one
     stage in its own process."""
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--stage", stage, "--work", str(work),
-                              "--blocks", str(blocks)])
+                              "--blocks", str(blocks), "--recipe", str(recipe)])
     peaks = {"anon": 0, "file": 0}
     done = threading.Event()
 
@@ -154,86 +192,129 @@ def _make_room(work: Path, checkpoint: Path) -> bool:
     return True
 
 
+def _gb(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def markdown(data: dict[str, Any]) -> str:
-    env = data["environment"]
-    lines = [f"# Full-depth LLaMA-7B geometry, streamed ({data['blocks']} blocks)", "",
+    env, recipe = data["environment"], data["recipe"]
+    lines = [f"# Full-depth {recipe['proxy']} geometry, streamed ({data['blocks']} blocks)", "",
              f"Measured {data['measured']} on {env['cpu']}, {env['cores']} cores, {data['memory_gib']:.1f} GiB; "
-             f"torch {env['packages'].get('torch')}. OWL+Wanda {SPARSITY:.0%} (M = {OWL_M}, lambda = {OWL_LAMBDA}), "
-             f"calibration {SAMPLES} x {SEQ_LEN} tokens. Each stage in its own process; peak RSS is that process's.",
-             "", "| stage | peak RSS (GB) | wall (s) |", "|---|---|---|"]
-    for stage, gb in data["peak_rss_gb"].items():
-        lines.append(f"| {stage} | {gb:.2f} | {data['wall_s'][stage]:.0f} |")
+             f"torch {env['packages'].get('torch')}, openvino {env['packages'].get('openvino')}, onnxruntime "
+             f"{env['packages'].get('onnxruntime')}. {recipe['variant']}, calibration {recipe['samples']} x "
+             f"{recipe['seq_len']} tokens (`{recipe['file']}`). Each stage in its own process: peak RSS is that "
+             "process's `ru_maxrss`; its anonymous (heap) and file-backed parts are the peaks of `/proc/<pid>/status` "
+             "sampled every 0.2 s (file-backed pages are memory-mapped weights, which the kernel reclaims under "
+             "pressure).", "",
+             "| stage | peak RSS (GB) | anonymous (GB) | file-backed (GB) | wall (s) |", "|---|---|---|---|---|"]
+    for stage, wall in data["wall_s"].items():
+        parts = data["peak_rss_parts_gb"].get(stage, {})
+        rss = data["peak_rss_gb"].get(stage, data["bench_rss_gb"].get(stage.removeprefix("bench-")))
+        lines.append(f"| {stage} | {_gb(rss)} | {_gb(parts.get('anonymous'))} | {_gb(parts.get('file_backed'))} "
+                     f"| {wall:.0f} |")
     lines += ["", "| on disk | GB |", "|---|---|", *(f"| {k} | {v:.2f} |" for k, v in data["disk_gb"].items()), "",
               f"Achieved sparsity of the blocks' Linear layers: {data['achieved_sparsity']:.4f}; OWL block sparsities "
-              f"{min(data['block_sparsity']):.3f}-{max(data['block_sparsity']):.3f}.", "",
-              "Not measured yet: export (streamed export is not built), latency at full depth, the Phi-3-mini "
-              "geometry's dense vs pruned latency, the 2-block extrapolation's error.", ""]
+              f"{min(data['block_sparsity']):.3f}-{max(data['block_sparsity']):.3f}.", ""]
+    if data["latency"]:
+        lines += [f"Pruned artifact at full depth, batch 1: decode = 1 token after {BENCH_PAST}, prefill = "
+                  f"{BENCH_SEQ} tokens; median (p10-p90) of {BENCH_REPETITIONS} runs after 1 warm-up.", "",
+                  "| runtime | decode (ms) | prefill (ms) |", "|---|---|---|"]
+        for runtime, entry in data["latency"].items():
+            cells = [f"{v['median_ms']:.1f} ({v['p10_ms']:.1f}-{v['p90_ms']:.1f})" if v else ""
+                     for v in (entry["pruned"].get("decode"), entry["pruned"].get("prefill"))]
+            lines.append(f"| {runtime} | {' | '.join(cells)} |")
+        lines.append("")
+    lines += [f"Artifact storage: {data['artifact_storage']}", ""]
     return "\n".join(lines)
+
+
+ARTIFACT_STORAGE = ("one ONNX graph per flavour (decode with KV cache, prefill) and one external data file that "
+                    "both share (the prefill's is a hard link): fp32 initializers, zeros stored, at 64 KiB-aligned "
+                    "offsets, written tensor by tensor by the streamed export. ONNX Runtime and OpenVINO map the data "
+                    "file instead of reading it; openvino-sparse packs each sparse MatMul weight into its bitmap "
+                    "form when the model is read.")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="a full-depth recipe (default: %(default)s)")
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--blocks", type=int, default=PROXIES[PROXY][1],
+    parser.add_argument("--blocks", type=int, default=None,
                         help="decoder blocks (default: the real depth; fewer for a quick check, results not written)")
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help="comma-separated stages to run (the others' last measurements are reported)")
+    parser.add_argument("--stages", default=None,
+                        help="comma-separated stages to run (default: all; the others' last measurements are "
+                             "reported; '' only rewrites the report)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    recipe = ScaleRecipe.load(args.recipe)
+    blocks = args.blocks if args.blocks is not None else PROXIES[recipe.proxy][1]
     if args.stage:
-        _stage(args.stage, args.work, args.blocks)
+        _stage(args.stage, args.work, blocks, recipe)
         return 0
     from pipeline.models import cache_dir
 
-    work = cache_dir() / "scale" / f"{args.blocks}blocks"
+    work = cache_dir() / "scale" / f"{recipe.proxy}-{recipe.variant.directory_tag()}-{blocks}blocks"
     work.mkdir(parents=True, exist_ok=True)
-    vocab = PROXIES[PROXY][0](0).vocab_size
-    torch.save(proxy_batches(vocab, SAMPLES, SEQ_LEN), work / "batches.pt")
+    vocab = PROXIES[recipe.proxy][0](0).vocab_size
+    torch.save(proxy_batches(vocab, recipe.samples, recipe.seq_len), work / "batches.pt")
     measured_file = work / "stages.json"
     stages: dict[str, dict[str, float]] = json.loads(measured_file.read_text()) if measured_file.is_file() else {}
-    wanted = [s for s in STAGES if s in args.stages.split(",")]
-    checkpoint_dir = cache_dir() / "proxies" / f"{PROXY}-{args.blocks}blocks-sharded-seed0"
-    disk = {}
+    wanted = recipe.stages if args.stages is None else [s for s in recipe.stages if s in args.stages.split(",")]
+    checkpoint_dir = cache_dir() / "proxies" / f"{recipe.proxy}-{blocks}blocks-sharded-seed0"
+    disk_file = work / "disk.json"
+    disk = json.loads(disk_file.read_text()) if disk_file.is_file() else {}
+    if (checkpoint_dir / INDEX).is_file():
+        disk["checkpoint"] = tree_gb(checkpoint_dir)
     for stage in wanted:
         if stage != "checkpoint" and not (work / "source.txt").is_file():
             raise SystemExit("run the checkpoint stage first")
-        if stage == "export" and _make_room(work, checkpoint_dir):
-            stages["checkpoint_removed"] = {"before": "export"}
+        if stage == "export":
+            _make_room(work, checkpoint_dir)
         cached = stage == "checkpoint" and (checkpoint_dir / INDEX).is_file()
-        measured = _run_child(stage, work, args.blocks)
-        if not cached:
+        measured = _run_child(stage, work, blocks, args.recipe)
+        if not cached:  # a cached checkpoint's stage only names it
             stages[stage] = measured
         if stage == "checkpoint":
             disk["checkpoint"] = tree_gb(checkpoint_dir)
         measured_file.write_text(json.dumps(stages, indent=2) + "\n")
-    record = json.loads((work / "pruned" / "prune_record.json").read_text())
-    disk_file = work / "disk.json"
-    disk = {**(json.loads(disk_file.read_text()) if disk_file.is_file() else {}), **disk,
-            **{name: tree_gb(work / name) for name in ("pruned", "artifact") if (work / name).is_dir()}}
+    disk |= {name: tree_gb(work / name) for name in ("pruned", "artifact") if (work / name).is_dir()}
     disk_file.write_text(json.dumps(disk) + "\n")
-    timed = {k: v for k, v in stages.items() if "wall_s" in v}
-    bench = {r: json.loads((work / f"bench-{r}.json").read_text()) for r in BENCH_RUNTIMES
-             if (work / f"bench-{r}.json").is_file()}
-    data = {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "blocks": args.blocks,
-            "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-            "peak_rss_gb": {k: v["peak_rss_gb"] for k, v in timed.items() if not k.startswith("bench-")},
-            "peak_rss_parts_gb": {k: {"anonymous": v.get("peak_anon_gb"), "file_backed": v.get("peak_file_gb")}
-                                  for k, v in timed.items()},
-            "wall_s": {k: v["wall_s"] for k, v in timed.items()},
-            "disk_gb": disk,
-            "achieved_sparsity": record["achieved"]["blocks_linear"]["sparsity"],
-            "block_sparsity": record["recipe"]["block_sparsity"],
-            "bench_rss_gb": {k.removeprefix("bench-"): v["peak_rss_gb"] for k, v in timed.items()
-                             if k.startswith("bench-")},
-            "latency": {r: {"pruned": {f: {"median_ms": v["median_ms"], "p10_ms": v["p10_ms"], "p90_ms": v["p90_ms"],
-                                           "n": v["n"]} for f, v in b.items()}} for r, b in bench.items()},
-            "extrapolated": {}}
-    if args.blocks == PROXIES[PROXY][1]:
-        write_results(RESULTS, data, markdown(data))
+    data = _report(recipe, args.recipe, blocks, work, stages, disk)
+    if blocks == PROXIES[recipe.proxy][1]:
+        write_results(recipe.out, data, markdown(data))
     else:
         log.info("%s", markdown(data))
     return 0
+
+
+def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, stages: dict[str, dict[str, float]],
+            disk: dict[str, float]) -> dict[str, Any]:
+    """The results file: the issue's keys (``blocks``, ``peak_rss_gb``, ``bench_rss_gb``, ``wall_s``,
+    ``disk_gb``, ``latency``, ``extrapolated``) and what they rest on."""
+    record = json.loads((work / "pruned" / "prune_record.json").read_text())
+    bench = {r: json.loads((work / f"bench-{r}.json").read_text()) for r in recipe.runtimes
+             if (work / f"bench-{r}.json").is_file()}
+    keep = ("median_ms", "p10_ms", "p90_ms", "n", "sparse_ops")
+    return {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "blocks": blocks,
+            "recipe": {"file": str(recipe_file.resolve().relative_to(ROOT) if recipe_file.resolve().is_relative_to(ROOT)
+                                   else recipe_file),
+                       "proxy": recipe.proxy, "variant": recipe.variant.describe(),
+                       "samples": recipe.samples, "seq_len": recipe.seq_len},
+            "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+            "peak_rss_gb": {k: v["peak_rss_gb"] for k, v in stages.items() if not k.startswith("bench-")},
+            "peak_rss_parts_gb": {k: {"anonymous": v.get("peak_anon_gb"), "file_backed": v.get("peak_file_gb")}
+                                  for k, v in stages.items()},
+            "wall_s": {k: v["wall_s"] for k, v in stages.items()},
+            "disk_gb": disk,
+            "achieved_sparsity": record["achieved"]["blocks_linear"]["sparsity"],
+            "block_sparsity": record["recipe"]["block_sparsity"],
+            "bench_rss_gb": {k.removeprefix("bench-"): v["peak_rss_gb"] for k, v in stages.items()
+                             if k.startswith("bench-")},
+            "latency": {r: {"pruned": {f: {k: v[k] for k in keep if k in v} for f, v in b.items()}}
+                        for r, b in bench.items()},
+            "extrapolated": {},
+            "artifact_storage": ARTIFACT_STORAGE}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ only when parity passes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,7 +40,6 @@ from pipeline.factorized import factor_roles
 from pipeline.models import LoadedModel, load_model, load_streamed
 from pipeline.progress import heartbeat
 from pipeline.prune import RECORD_FILE
-from pipeline.streaming import resident_while_called
 
 log = logging.getLogger(__name__)
 
@@ -168,14 +166,6 @@ def _copy_serving_files(model_dir: Path, out: Path) -> None:
                 shutil.copy2(f, out / f.name)
 
 
-def _whole_model(loaded: LoadedModel) -> contextlib.AbstractContextManager:
-    """Where a forward pass of the torch model may run: as it is, or, streamed, with each block
-    read from the checkpoint while it is called."""
-    if loaded.streamed is None:
-        return contextlib.nullcontext()
-    return resident_while_called(loaded.model, loaded.streamed.reading())
-
-
 def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: Tolerance = Tolerance(),
                     parity_windows: int = PARITY_WINDOWS, parity_seq_len: int = PARITY_SEQ_LEN,
                     stream: bool = False) -> dict[str, Any]:
@@ -205,7 +195,7 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
                                                store, factor_roles(loaded.model))
             else:
                 written = _write_graph(loaded, flavour, tmp / rel, common)
-            with _whole_model(loaded):
+            with loaded.forward_ready():
                 reference = reference_outputs(loaded.model, flavour, written["io"]["outputs"])
             parity[flavour] = check_reference(tmp / rel, reference, tolerance)
             if written["template"] and not parity[flavour]["passed"]:  # never ship a template's mistake
@@ -219,7 +209,7 @@ def export_artifact(model: str, out: Path, overwrite: bool = False, tolerance: T
                                  "traced": written["template"] is None}  # else: a template with these weights
             weights = weights or written["weights"]  # every flavour holds the same weights
         if "prefill" in flavours and loaded.tokenizer is not None:  # proxies ship no tokenizer
-            with heartbeat(f"perplexity parity on {parity_windows} x {parity_seq_len} tokens"), _whole_model(loaded):
+            with heartbeat(f"perplexity parity on {parity_windows} x {parity_seq_len} tokens"), loaded.forward_ready():
                 parity["perplexity"] = perplexity_parity(loaded.model, loaded.tokenizer,
                                                          tmp / flavours["prefill"]["file"], tolerance,
                                                          windows=parity_windows, seq_len=parity_seq_len)

@@ -12,6 +12,7 @@ no network:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from pipeline.factorized import CONFIG_KEY as FACTORIZED_KEY
 from pipeline.factorized import restore_factorized
 from pipeline.progress import heartbeat, quiet_foreign_bars
 from pipeline.shards import INDEX, Checkpoint, expected_shapes
-from pipeline.streaming import StreamedModel, skeleton
+from pipeline.streaming import StreamedModel, resident_while_called, skeleton
 from pipeline.slicing import CONFIG_KEY as SLICED_KEY
 from pipeline.slicing import restore_sliced
 
@@ -179,6 +180,13 @@ class LoadedModel:
     source: str  # what the user asked for
     path: str  # what from_pretrained read
     streamed: StreamedModel | None = None  # set by load_streamed: the blocks are not in memory
+
+    def forward_ready(self) -> contextlib.AbstractContextManager:
+        """Where a whole forward pass of ``model`` may run (a perplexity, an export's reference
+        outputs): as loaded, or, streamed, with each block read from the checkpoint while called."""
+        if self.streamed is None:
+            return contextlib.nullcontext()
+        return resident_while_called(self.model, self.streamed.reading())
 
 
 def _tokenizer_if_any(path: str) -> Any | None:

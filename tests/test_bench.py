@@ -198,17 +198,23 @@ def test_bench_on_a_non_artifact_is_a_clear_error(tmp_path, capsys):
     assert "is not an artifact" in capsys.readouterr().err
 
 
-def test_proxy_recipes_parse():
+def test_proxy_recipes_parse(tmp_path):
     import argparse
     from pathlib import Path
 
     import yaml
 
     from benchmarks.proxies import _apply_recipe
+    from benchmarks.scale import ScaleRecipe
 
     recipes = sorted((Path(__file__).parent.parent / "recipes" / "proxies").glob("*.yaml"))
     assert len(recipes) >= 4
     for recipe in recipes:
+        if "-full-" in recipe.stem:  # a full-depth run (benchmarks/scale.py)
+            full = ScaleRecipe.load(recipe)
+            BenchSettings(runtimes=full.runtimes)
+            assert full.stages[-len(full.runtimes):] == tuple(f"bench-{r}" for r in full.runtimes)
+            continue
         args = argparse.Namespace(proxy="llama7b", blocks=2, variant=None, compare=[], runtime="onnxruntime", out=None)
         _apply_recipe(args, yaml.safe_load(recipe.read_text()))
         labels = {v.label for v in args.variant}
@@ -224,6 +230,10 @@ def test_proxy_recipes_parse():
         _apply_recipe(argparse.Namespace(blocks=2), {"proxy": "llama7b", "variants": ["x=wanda:0.5:quantize=gtpq"]})
     with pytest.raises(SparseDeployError, match="head quantizes the LM head, so it needs quantize"):
         _apply_recipe(argparse.Namespace(blocks=2), {"proxy": "llama7b", "variants": ["x=wanda:0.5:head"]})
+    bad = tmp_path / "full.yaml"
+    bad.write_text("proxy: llama7b\nvariant: x=wanda:0.7\nblockz: 3\n")
+    with pytest.raises(SparseDeployError, match="a full-depth recipe has keys"):
+        ScaleRecipe.load(bad)
 
 
 def test_benchmark_caches_are_keyed_on_the_code(tmp_path, monkeypatch):

@@ -48,10 +48,17 @@ def _with(path, value):
     (("benchmark", "flavours"), ["decoder"], "'benchmark.flavours': expected a list of flavours from decode, prefill"),
     (("evaluate", "windowz"), 3, "'evaluate.windowz': not a known key"),
     (("prune",), [], "'prune': expected a non-empty list"),
+    (("stream",), "yes", "'stream': expected true or false"),
 ])
 def test_bad_recipes_name_the_key(path, value, message):
     with pytest.raises(RecipeError, match=message):
         parse_recipe(_with(path, value))
+
+
+def test_a_streamed_recipe_refuses_what_does_not_stream_yet():
+    parse_recipe({**TINY, "stream": True})
+    with pytest.raises(RecipeError, match="'quantize': int8 quantization does not stream yet"):
+        parse_recipe({**TINY, "stream": True, "quantize": {"method": "rtn"}})
 
 
 def test_bad_recipe_fails_before_any_compute(tmp_path, capsys):

@@ -87,3 +87,18 @@ def test_prune_stream_on_the_command_line_writes_what_the_in_memory_prune_writes
     assert main([*args, "--stream", "--out", str(tmp_path / "streamed")]) == 0
     memory, streamed = (load_model(str(tmp_path / name)).model.state_dict() for name in ("memory", "streamed"))
     assert (tmp_path / "streamed" / INDEX).is_file() and all(torch.equal(memory[k], streamed[k]) for k in memory)
+
+
+def test_a_streamed_model_runs_a_whole_forward_one_block_at_a_time(tmp_path):
+    """``forward_ready``: what a perplexity or an export's reference needs (logits to 1e-6: the
+    same ops on the same weights); the blocks are on the meta device again afterwards."""
+    source = tmp_path / "source"
+    write_sharded(source, CONFIG)
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = load_model(str(source)).model(input_ids=ids).logits
+        streamed = load_streamed(str(source))
+        with streamed.forward_ready():
+            got = streamed.model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    assert all(p.is_meta for n, p in streamed.model.named_parameters() if ".layers." in n)

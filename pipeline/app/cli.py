@@ -108,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--parity-windows", type=POSITIVE, default=PARITY_WINDOWS,
                    help="held-out windows for perplexity parity (default: %(default)s)")
     x.add_argument("--parity-seq-len", type=TOKENS, default=PARITY_SEQ_LEN, help="(default: %(default)s)")
+    x.add_argument("--stream", action="store_true",
+                   help="one decoder block in memory at a time: the graph traced with fake weights, the weights "
+                        "written as external data tensor by tensor from the model's shards, for models larger than "
+                        "memory (docs/streaming.md)")
 
     b = sub.add_parser("bench", help="CPU latency of artifacts in DeepSparse, ONNX Runtime and OpenVINO")
     b.add_argument("artifacts", nargs="+", type=Path)
@@ -215,7 +219,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from export.artifact import export_artifact
 
     manifest = export_artifact(args.model, args.out, args.overwrite, parity_windows=args.parity_windows,
-                               parity_seq_len=args.parity_seq_len)
+                               parity_seq_len=args.parity_seq_len, stream=args.stream)
     parity = manifest["parity"]
     ppl = parity.get("perplexity")
     log.info("wrote %s (%s); logits max abs error %s%s", args.out, ", ".join(manifest["flavours"]),

@@ -9,6 +9,7 @@
     evaluate: {source: wiki, windows: 16, seq_len: 512}
     export: {parity_windows: 4, parity_seq_len: 256}
     benchmark: {runtimes: [deepsparse, onnxruntime], seq_len: 128, past: 127, repetitions: 10}
+    stream: false                   # true: one decoder block in memory at a time (models larger than memory)
 
 Every error names the offending key (``prune[1].sparsity``) and what is allowed; method
 parameters are checked by building the pruner. The resolved recipe (defaults filled in) is
@@ -85,6 +86,7 @@ class Recipe:
     evaluate: Evaluate | None = Evaluate()
     export: Export = Export()
     benchmark: Benchmark | None = Benchmark()
+    stream: bool = False  # prune, evaluate and export one decoder block at a time (docs/streaming.md)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -208,6 +210,11 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     steps = data.get("prune")
     if not isinstance(steps, list) or not steps:
         raise _fail("prune", "expected a non-empty list of steps ({method, sparsity, params, owl})")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _fail("stream", "expected true or false")
+    if stream and data.get("quantize") not in (None, False):
+        raise _fail("quantize", "int8 quantization does not stream yet: drop quantize or stream")
     return Recipe(
         name=str(data.get("name", name)),
         model=model,
@@ -218,6 +225,7 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         export=_section(Export, data.get("export"), "export"),
         benchmark=None if data.get("benchmark", {}) is False else _section(Benchmark, data.get("benchmark"),
                                                                             "benchmark"),
+        stream=stream,
     )
 
 

@@ -29,7 +29,7 @@ from pipeline.app.recipe import Recipe, check_inputs, load_recipe
 from pipeline.architectures import ModelKind
 from pipeline.atomic import atomic_directory, check_directory_path
 from pipeline.environment import source_digest
-from pipeline.models import load_model
+from pipeline.models import LoadedModel, load_model, load_streamed
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,17 @@ def run_stage(out: Path, name: str, print_: str, produce: Callable[[Path], dict[
 
 
 # -- the stages -----------------------------------------------------------------------------
+def _load(source: str, recipe: Recipe) -> LoadedModel:
+    """The model as the recipe wants it: whole, or streamed (its blocks read one at a time)."""
+    return load_streamed(source) if recipe.stream else load_model(source)
+
+
 def _prune(source: str, step: Any, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
     def produce(tmp: Path) -> dict[str, Any]:
         from pipeline.prune import build_record, prune_model, save_pruned
         from pipeline.pruners import build_pruner
 
-        loaded = load_model(source)
+        loaded = _load(source, recipe)
         result = prune_model(loaded, build_pruner(step.method, **step.params), step.sparsity, recipe.calibration,
                              owl=step.owl)
         record = build_record(loaded, result)
@@ -98,19 +103,22 @@ def _quantize(source: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
 
 def _evaluate(model_dir: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
     def produce(_tmp: Path) -> dict[str, Any]:
-        loaded = load_model(model_dir)
+        loaded = _load(model_dir, recipe)
         e = recipe.evaluate
         if loaded.spec.kind is ModelKind.VISION:
             from pipeline.images import fashion_mnist
             from pipeline.knn import knn_accuracy
 
             train, test = fashion_mnist("train", e.train_images, seed=1), fashion_mnist("test", e.test_images, seed=2)
-            result = knn_accuracy(loaded.model, train.images, train.labels, test.images, test.labels, e.image_size)
+            with loaded.forward_ready():
+                result = knn_accuracy(loaded.model, train.images, train.labels, test.images, test.labels,
+                                      e.image_size)
             return {"metric": "knn_top1", "value": result.top1, "details": result.to_dict()}
         if loaded.spec.kind is ModelKind.CAUSAL_LM:
             from pipeline.evaluate import perplexity
 
-            result = perplexity(loaded.model, loaded.tokenizer, e.source, e.windows, e.seq_len)
+            with loaded.forward_ready():
+                result = perplexity(loaded.model, loaded.tokenizer, e.source, e.windows, e.seq_len)
             return {"metric": "perplexity", "value": result.perplexity, "details": result.to_dict()}
         return {"metric": None, "value": None, "details": "no quality metric for text encoders"}
 
@@ -122,7 +130,7 @@ def _export(model_dir: str, recipe: Recipe) -> Callable[[Path], dict[str, Any]]:
         from export.artifact import export_artifact
 
         manifest = export_artifact(model_dir, tmp / "artifact", parity_windows=recipe.export.parity_windows,
-                                   parity_seq_len=recipe.export.parity_seq_len)
+                                   parity_seq_len=recipe.export.parity_seq_len, stream=recipe.stream)
         return {"parity": manifest["parity"], "flavours": list(manifest["flavours"])}
 
     return produce
