@@ -14,8 +14,10 @@ charged for another's memory:
   + ``save_pruned``: what ``sparse-deploy prune --stream`` does;
 - ``export``: ``export_artifact(..., stream=True)`` of the pruned directory, parity included (what
   ``sparse-deploy export --stream`` does);
-- ``bench-<runtime>``: the pruned artifact's decode (1 token after 127) and prefill (128 tokens)
-  latency at full depth, batch 1, in one runtime, in its own process.
+- ``export-dense`` (recipes with ``dense: true``): the same for the dense checkpoint;
+- ``bench-<runtime>``: each artifact's decode (1 token after 127) and prefill (128 tokens) latency
+  at full depth, batch 1, in one runtime, each (runtime, artifact) in its own process per round, so
+  that one model at a time is resident; ``rounds`` interleaved, order reversed every other one.
 
 Besides ``ru_maxrss``, the parent samples the child's ``/proc/<pid>/status`` every 0.2 s: a
 runtime that memory-maps the external data (ONNX Runtime, OpenVINO) has the weights' file pages
@@ -63,7 +65,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).parents[1]
 RECIPE = ROOT / "recipes" / "proxies" / "llama7b-full-owl-wanda-70.yaml"
 BENCH_PAST, BENCH_SEQ, BENCH_REPETITIONS = 127, 128, 5  # the proxies' decode and prefill sizes; few runs: ~1 s each
-BASE_STAGES = ("checkpoint", "load", "prune", "export")
+BASE_STAGES = ("checkpoint", "load", "prune")
+ARTIFACT_DIRS = {"pruned": "artifact", "dense": "artifact-dense"}
 
 
 @dataclass(frozen=True)
@@ -78,22 +81,30 @@ class ScaleRecipe:
     seq_len: int
     runtimes: tuple[str, ...]
     out: Path
+    dense: bool = False  # export and time the dense checkpoint too (when its loaded form fits the machine)
+    rounds: int = 1  # interleaved rounds over (runtime, artifact), order reversed every other round
 
     @classmethod
     def load(cls, path: Path) -> "ScaleRecipe":
         data = yaml.safe_load(path.read_text())
-        allowed = {"proxy", "variant", "calibration", "runtimes", "out"}
+        allowed = {"proxy", "variant", "calibration", "runtimes", "out", "dense", "rounds"}
         if not isinstance(data, dict) or set(data) - allowed or data.get("proxy") not in PROXIES:
             raise SparseDeployError(f"{path}: a full-depth recipe has keys {', '.join(sorted(allowed))} and a proxy "
                                     f"among {', '.join(PROXIES)}")
         calibration = data.get("calibration", {})
         return cls(data["proxy"], Variant.parse(data["variant"]), int(calibration.get("samples", 8)),
                    int(calibration.get("seq_len", 256)), tuple(data.get("runtimes", ())),
-                   ROOT / data.get("out", f"benchmarks/results/scale_{data['proxy']}"))
+                   ROOT / data.get("out", f"benchmarks/results/scale_{data['proxy']}"), bool(data.get("dense", False)),
+                   int(data.get("rounds", 1)))
+
+    @property
+    def artifacts(self) -> tuple[str, ...]:
+        return ("dense", "pruned") if self.dense else ("pruned",)
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return (*BASE_STAGES, *(f"bench-{r}" for r in self.runtimes))
+        exports = ("export-dense", "export") if self.dense else ("export",)
+        return (*BASE_STAGES, *exports, *(f"bench-{r}" for r in self.runtimes))
 
 
 def _stage(stage: str, work: Path, blocks: int, recipe: ScaleRecipe) -> None:
@@ -103,7 +114,7 @@ def _stage(stage: str, work: Path, blocks: int, recipe: ScaleRecipe) -> None:
     from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
     from pipeline.pruners import build_pruner
 
-    if stage not in recipe.stages:
+    if stage.split(":")[0] not in recipe.stages:
         raise SystemExit(f"unknown stage {stage}; the recipe's are {', '.join(recipe.stages)}")
     source = work / "source.txt"
     if stage == "checkpoint":
@@ -112,13 +123,15 @@ def _stage(stage: str, work: Path, blocks: int, recipe: ScaleRecipe) -> None:
     loaded = load_streamed(source.read_text())
     if stage == "load":
         return
-    if stage == "export":
+    if stage in ("export", "export-dense"):
         from export.artifact import export_artifact
 
-        export_artifact(str(work / "pruned"), work / "artifact", overwrite=True, stream=True)
+        model, artifact = (work / "pruned", "pruned") if stage == "export" else (source.read_text(), "dense")
+        export_artifact(str(model), work / ARTIFACT_DIRS[artifact], overwrite=True, stream=True)
         return
-    if stage.startswith("bench-"):
-        _bench(stage.removeprefix("bench-"), work)
+    if stage.startswith("bench-"):  # bench-RUNTIME:ARTIFACT:ROUND
+        runtime, artifact, round_ = stage.removeprefix("bench-").split(":")
+        _bench(runtime, work, artifact, int(round_))
         return
     batches = torch.load(work / "batches.pt")
     variant = recipe.variant
@@ -128,20 +141,33 @@ def _stage(stage: str, work: Path, blocks: int, recipe: ScaleRecipe) -> None:
     save_pruned(loaded, build_record(loaded, result), work / "pruned", overwrite=True)
 
 
-def _bench(runtime: str, work: Path) -> None:
-    """Decode and prefill latency of the pruned artifact at full depth in ``runtime``."""
-    from runtime.bench import BenchSettings, _feeds, summarize, time_cell
+def _bench(runtime: str, work: Path, artifact: str, round_: int) -> None:
+    """Decode and prefill latency of one artifact at full depth in ``runtime`` (one process: only
+    this artifact resident), raw times kept for pooling over rounds."""
+    from runtime.bench import BenchSettings, _feeds, time_cell
 
-    artifact = work / "artifact"
+    directory = work / ARTIFACT_DIRS[artifact]
     settings = BenchSettings(seq_len=BENCH_SEQ, past=BENCH_PAST, warmup=1, repetitions=BENCH_REPETITIONS,
                              runtimes=(runtime,))
-    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest = json.loads((directory / "manifest.json").read_text())
     result = {}
     for flavour, entry in manifest["flavours"].items():
-        times, info = time_cell(runtime, artifact / entry["file"], _feeds(artifact, flavour, settings), settings)
-        result[flavour] = {**summarize(times), **info}
-        log.info("%s %s: median %.1f ms", runtime, flavour, result[flavour]["median_ms"])
-    (work / f"bench-{runtime}.json").write_text(json.dumps(result, indent=2) + "\n")
+        times, info = time_cell(runtime, directory / entry["file"], _feeds(directory, flavour, settings), settings)
+        result[flavour] = {"times_s": times, **info}
+        log.info("%s %s %s: median %.1f ms", runtime, artifact, flavour, 1000 * sorted(times)[len(times) // 2])
+    out = work / "bench" / f"{runtime}-{artifact}-{round_}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _bench_schedule(runtimes: list[str], artifacts: tuple[str, ...], rounds: int) -> list[str]:
+    """Child stages ``bench-RUNTIME:ARTIFACT:ROUND``: every (runtime, artifact) once per round, in
+    reversed order every other round (the machine drifts; see docs/export.md)."""
+    schedule = []
+    for round_ in range(rounds):
+        cells = [(r, a) for r in runtimes for a in artifacts]
+        schedule += [f"bench-{r}:{a}:{round_}" for r, a in (reversed(cells) if round_ % 2 else cells)]
+    return schedule
 
 
 def _memory(pid: int) -> tuple[int, int]:
@@ -209,20 +235,33 @@ def markdown(data: dict[str, Any]) -> str:
              "| stage | peak RSS (GB) | anonymous (GB) | file-backed (GB) | wall (s) |", "|---|---|---|---|---|"]
     for stage, wall in data["wall_s"].items():
         parts = data["peak_rss_parts_gb"].get(stage, {})
-        rss = data["peak_rss_gb"].get(stage, data["bench_rss_gb"].get(stage.removeprefix("bench-")))
+        rss = data["peak_rss_gb"].get(stage)
+        if stage.startswith("bench-"):
+            continue  # in the latency table
         lines.append(f"| {stage} | {_gb(rss)} | {_gb(parts.get('anonymous'))} | {_gb(parts.get('file_backed'))} "
                      f"| {wall:.0f} |")
     lines += ["", "| on disk | GB |", "|---|---|", *(f"| {k} | {v:.2f} |" for k, v in data["disk_gb"].items()), "",
               f"Achieved sparsity of the blocks' Linear layers: {data['achieved_sparsity']:.4f}; OWL block sparsities "
               f"{min(data['block_sparsity']):.3f}-{max(data['block_sparsity']):.3f}.", ""]
     if data["latency"]:
-        lines += [f"Pruned artifact at full depth, batch 1: decode = 1 token after {BENCH_PAST}, prefill = "
-                  f"{BENCH_SEQ} tokens; median (p10-p90) of {BENCH_REPETITIONS} runs after 1 warm-up.", "",
-                  "| runtime | decode (ms) | prefill (ms) |", "|---|---|---|"]
-        for runtime, entry in data["latency"].items():
-            cells = [f"{v['median_ms']:.1f} ({v['p10_ms']:.1f}-{v['p90_ms']:.1f})" if v else ""
-                     for v in (entry["pruned"].get("decode"), entry["pruned"].get("prefill"))]
-            lines.append(f"| {runtime} | {' | '.join(cells)} |")
+        lines += [f"Latency at full depth, batch 1: decode = 1 token after {BENCH_PAST}, prefill = {BENCH_SEQ} "
+                  f"tokens; median (p10-p90) of {BENCH_REPETITIONS} runs after 1 warm-up per round, "
+                  f"{data['recipe']['rounds']} round(s); each artifact in its own process per round, so only one "
+                  "is resident. Peak RSS: that process's, the most over rounds.", "",
+                  "| runtime | artifact | decode (ms) | prefill (ms) | peak RSS (GB) |", "|---|---|---|---|---|"]
+        for runtime, artifacts in data["latency"].items():
+            for artifact, entry in artifacts.items():
+                cells = [f"{v['median_ms']:.1f} ({v['p10_ms']:.1f}-{v['p90_ms']:.1f})" if v else ""
+                         for v in (entry.get("decode"), entry.get("prefill"))]
+                rss = data["bench_rss_gb"].get(runtime, {}).get(artifact)
+                lines.append(f"| {runtime} | {artifact} | {' | '.join(cells)} | {_gb(rss)} |")
+        lines.append("")
+        for flavour, entry in data["speedups"].items():
+            parts = [f"{r} {v['vs_fastest_dense']:.2f}x" + (f" (own dense {v['vs_own_dense']:.2f}x)"
+                                                              if v["vs_own_dense"] else "")
+                     for r, v in entry["pruned"].items()]
+            lines.append(f"- {flavour}: pruned vs the fastest dense runtime ({entry['baseline_runtime']}, "
+                         f"{entry['baseline_ms']:.1f} ms): {', '.join(parts)}")
         lines.append("")
     lines += [f"Artifact storage: {data['artifact_storage']}", ""]
     return "\n".join(lines)
@@ -266,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     disk = json.loads(disk_file.read_text()) if disk_file.is_file() else {}
     if (checkpoint_dir / INDEX).is_file():
         disk["checkpoint"] = tree_gb(checkpoint_dir)
+    benched = [stage.removeprefix("bench-") for stage in wanted if stage.startswith("bench-")]
+    wanted = [stage for stage in wanted if not stage.startswith("bench-")]
+    wanted += _bench_schedule(benched, recipe.artifacts, recipe.rounds)
     for stage in wanted:
         if stage != "checkpoint" and not (work / "source.txt").is_file():
             raise SystemExit("run the checkpoint stage first")
@@ -278,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "checkpoint":
             disk["checkpoint"] = tree_gb(checkpoint_dir)
         measured_file.write_text(json.dumps(stages, indent=2) + "\n")
-    disk |= {name: tree_gb(work / name) for name in ("pruned", "artifact") if (work / name).is_dir()}
+    disk |= {name: tree_gb(work / name) for name in ("pruned", *ARTIFACT_DIRS.values()) if (work / name).is_dir()}
     disk_file.write_text(json.dumps(disk) + "\n")
     data = _report(recipe, args.recipe, blocks, work, stages, disk)
     if blocks == PROXIES[recipe.proxy][1]:
@@ -288,19 +330,65 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _pooled_latency(work: Path, recipe: ScaleRecipe) -> dict[str, dict[str, Any]]:
+    """runtime -> artifact -> flavour -> median / p10 / p90 over every round's runs, each round's
+    median, and what the runtime said (openvino-sparse: its sparse MatMuls)."""
+    from runtime.bench import summarize
+
+    latency: dict[str, dict[str, Any]] = {}
+    for runtime in recipe.runtimes:
+        for artifact in recipe.artifacts:
+            rounds = [json.loads(f.read_text()) for f in sorted((work / "bench").glob(f"{runtime}-{artifact}-*.json"))]
+            if not rounds:
+                continue
+            entry = latency.setdefault(runtime, {}).setdefault(artifact, {})
+            for flavour in rounds[0]:
+                runs = [r[flavour] for r in rounds]
+                stats = summarize([t for r in runs for t in r["times_s"]])
+                info = {k: v for k, v in runs[0].items() if k != "times_s"}
+                entry[flavour] = {**{k: stats[k] for k in ("median_ms", "p10_ms", "p90_ms", "n")},
+                                  "round_medians_ms": [summarize(r["times_s"])["median_ms"] for r in runs], **info}
+    return latency
+
+
+def _speedups(latency: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per flavour: the fastest dense runtime measured in this run and each runtime's pruned
+    artifact against it (and against its own dense artifact)."""
+    from runtime.bench import DENSE_BASELINES
+
+    result: dict[str, Any] = {}
+    flavours = {f for entry in latency.values() for a in entry.values() for f in a}
+    for flavour in sorted(flavours):
+        dense = {r: e["dense"][flavour]["median_ms"] for r, e in latency.items()
+                 if r in DENSE_BASELINES and flavour in e.get("dense", {})}
+        if not dense:
+            continue
+        baseline = min(dense, key=dense.get)
+        result[flavour] = {"baseline_runtime": baseline, "baseline_ms": dense[baseline], "pruned": {
+            r: {"vs_fastest_dense": dense[baseline] / e["pruned"][flavour]["median_ms"],
+                "vs_own_dense": (e["dense"][flavour]["median_ms"] / e["pruned"][flavour]["median_ms"]
+                                 if flavour in e.get("dense", {}) else None)}
+            for r, e in latency.items() if flavour in e.get("pruned", {})}}
+    return result
+
+
 def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, stages: dict[str, dict[str, float]],
             disk: dict[str, float]) -> dict[str, Any]:
     """The results file: the issue's keys (``blocks``, ``peak_rss_gb``, ``bench_rss_gb``, ``wall_s``,
     ``disk_gb``, ``latency``, ``extrapolated``) and what they rest on."""
     record = json.loads((work / "pruned" / "prune_record.json").read_text())
-    bench = {r: json.loads((work / f"bench-{r}.json").read_text()) for r in recipe.runtimes
-             if (work / f"bench-{r}.json").is_file()}
-    keep = ("median_ms", "p10_ms", "p90_ms", "n", "sparse_ops")
+    bench_rss: dict[str, dict[str, float]] = {}
+    for stage, measured in stages.items():
+        if stage.startswith("bench-") and stage.count(":") == 2:
+            runtime, artifact, _ = stage.removeprefix("bench-").split(":")
+            kept = bench_rss.setdefault(runtime, {})
+            kept[artifact] = max(kept.get(artifact, 0.0), measured["peak_rss_gb"])
+    latency = _pooled_latency(work, recipe)
     return {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "blocks": blocks,
             "recipe": {"file": str(recipe_file.resolve().relative_to(ROOT) if recipe_file.resolve().is_relative_to(ROOT)
                                    else recipe_file),
                        "proxy": recipe.proxy, "variant": recipe.variant.describe(),
-                       "samples": recipe.samples, "seq_len": recipe.seq_len},
+                       "samples": recipe.samples, "seq_len": recipe.seq_len, "rounds": recipe.rounds},
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
             "peak_rss_gb": {k: v["peak_rss_gb"] for k, v in stages.items() if not k.startswith("bench-")},
             "peak_rss_parts_gb": {k: {"anonymous": v.get("peak_anon_gb"), "file_backed": v.get("peak_file_gb")}
@@ -309,10 +397,9 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
             "disk_gb": disk,
             "achieved_sparsity": record["achieved"]["blocks_linear"]["sparsity"],
             "block_sparsity": record["recipe"]["block_sparsity"],
-            "bench_rss_gb": {k.removeprefix("bench-"): v["peak_rss_gb"] for k, v in stages.items()
-                             if k.startswith("bench-")},
-            "latency": {r: {"pruned": {f: {k: v[k] for k in keep if k in v} for f, v in b.items()}}
-                        for r, b in bench.items()},
+            "bench_rss_gb": bench_rss,
+            "latency": latency,
+            "speedups": _speedups(latency),
             "extrapolated": {},
             "artifact_storage": ARTIFACT_STORAGE}
 
