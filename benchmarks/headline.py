@@ -14,6 +14,9 @@ are kept with them, under ``int8_run``), against the fastest **dense int8** runt
 
     .venv/bin/python -m benchmarks.proxies --recipe recipes/proxies/llama7b-int8.yaml
 
+The full-depth runs (benchmarks/scale.py, recipes/proxies/*-full-*.yaml: 32 blocks, no
+extrapolation) go under ``full_depth``, each with its own hardware and date:
+
     .venv/bin/python -m benchmarks.headline [--report ...headline/latency.json] [--int8-report ...int8/latency.json]
 """
 
@@ -27,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.proxies import decomposition, fastest_dense_blocks
+from benchmarks.proxies import PROXIES, decomposition, fastest_dense_blocks
 from runtime.bench import INT8_BASELINES, BenchRow
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ REPORT = RESULTS / "latency_llama7b_headline" / "latency.json"
 INT8_REPORT = RESULTS / "latency_llama7b_int8" / "latency.json"  # recipes/proxies/llama7b-int8.yaml
 INT8_VARIANT = "owl-wanda-70-int8"
 README = Path(__file__).resolve().parents[1] / "README.md"
+FULL_DEPTH = (RESULTS / "scale_llama7b.json", RESULTS / "scale_phi3_mini.json")  # benchmarks/scale.py's reports
 SPARSE_RUNTIME = "openvino-sparse"
 BLOCKS, DEPTH = 2, 32  # the proxy's blocks (recipes/proxies/llama7b-headline.yaml) and LLaMA-7B's depth
 
@@ -71,13 +75,46 @@ def int8_figures(report: dict[str, Any], source: Path) -> dict[str, Any]:
     return {"figures": figures, "run": run}
 
 
+def _geometry(proxy: str) -> str:
+    c = PROXIES[proxy][0](0)
+    return (f"{proxy} (hidden {c.hidden_size}, MLP {c.intermediate_size}, {c.num_attention_heads} heads, "
+            f"vocabulary {c.vocab_size})")
+
+
+def full_depth_figures(report: dict[str, Any], source: Path) -> dict[str, Any]:
+    """What a full-depth run measured (benchmarks/scale.py): per runtime, the dense and pruned
+    medians at full depth; the pruned artifact against the fastest dense runtime measured in that
+    run; where no dense artifact fits (LLaMA-7B), against the dense model extrapolated from its
+    blocks, labelled as such."""
+    env = report["environment"]
+    medians = {rt: {artifact: {f: round(v["median_ms"], 2) for f, v in graphs.items()}
+                    for artifact, graphs in artifacts.items()} for rt, artifacts in report["latency"].items()}
+    entry: dict[str, Any] = {
+        "geometry": _geometry(report["recipe"]["proxy"]), "blocks": report["blocks"],
+        "variant": report["recipe"]["variant"],
+        "hardware": f"{env['cpu']}, {env['cores']} cores", "isa": env.get("isa", "n/a"),
+        "measured": report["measured"], "source": _relative(source), "median_ms": medians,
+        "vs_fastest_dense": {f: {"baseline_runtime": v["baseline_runtime"],
+                                 **{rt: round(x["vs_fastest_dense"], 3) for rt, x in v["pruned"].items()}}
+                             for f, v in report["speedups"].items()}}
+    extrapolated = report.get("extrapolated") or {}
+    if extrapolated.get("same_cpu") and not report["speedups"]:
+        entry["vs_dense_extrapolated_from_blocks"] = {
+            f: {"baseline_runtime": v["baseline_runtime"], "dense_ms": round(v["dense_extrapolated_ms"], 2),
+                **{rt: round(x, 3) for rt, x in v["pruned"].items()}}
+            for f, v in extrapolated["pruned_vs_extrapolated_dense"].items()}
+    return entry
+
+
 def _relative(source: Path) -> str:
     return str(source.relative_to(README.parent)) if source.is_relative_to(README.parent) else str(source)
 
 
-def headline(report: dict[str, Any], source: Path, int8: dict[str, Any] | None = None) -> dict[str, Any]:
+def headline(report: dict[str, Any], source: Path, int8: dict[str, Any] | None = None,
+             full_depth: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The figures, recomputed from the report's rows with the current decomposition code;
-    ``int8``: ``int8_figures`` of the int8 proxy run, where there is one."""
+    ``int8``: ``int8_figures`` of the int8 proxy run, where there is one; ``full_depth``:
+    ``full_depth_figures`` of each full-depth run."""
     rows = [BenchRow(**r) for r in report["rows"]]
     fastest, _ = fastest_dense_blocks(rows, BLOCKS)
     decomposition_table, _ = decomposition(rows, BLOCKS, DEPTH, {"oats-50": "wanda-50"})
@@ -117,6 +154,8 @@ def headline(report: dict[str, Any], source: Path, int8: dict[str, Any] | None =
             out[key] = fig["speedup"]
             out["rounds"][key] = fig["rounds"]
         out["int8_run"] = int8["run"]
+    if full_depth:
+        out["full_depth"] = full_depth
     return out
 
 
@@ -160,7 +199,30 @@ def readme_table(h: dict[str, Any]) -> str:
                   "| what | speedup | target |", "|---|---|---|"]
         target = {"decode_speedup_sparse_int8_70_vs_int8_dense": ">= 1.5x (issue 20)"}
         lines += [f"| {label} | **{h[key]:.2f}x**{spread(key)} | {target.get(key, '')} |" for label, key in INT8_ROWS]
+    lines += _full_depth_lines(h.get("full_depth", []))
     return "\n".join(lines)
+
+
+def _full_depth_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per full-depth run: the pruned artifact against dense at the model's real depth."""
+    if not runs:
+        return []
+    lines = ["", "At full depth (no extrapolation; each run its own hardware and date):", ""]
+    for run in runs:
+        figures = []
+        for flavour, v in run["vs_fastest_dense"].items():
+            figures.append(f"{flavour} **{v.get(SPARSE_RUNTIME, 0):.2f}x** vs {v['baseline_runtime']}")
+        for flavour, v in run.get("vs_dense_extrapolated_from_blocks", {}).items():
+            figures.append(f"{flavour} {run['median_ms'][SPARSE_RUNTIME]['pruned'][flavour]:.0f} ms, "
+                           f"{v[SPARSE_RUNTIME]:.2f}x vs dense {v['baseline_runtime']} *extrapolated from its blocks* "
+                           f"({v['dense_ms']:.0f} ms)")
+        if not figures:
+            figures = [f"{f} {ms:.0f} ms" for f, ms in run["median_ms"][SPARSE_RUNTIME]["pruned"].items()]
+        source = run["source"].removesuffix(".json") + ".md"
+        lines.append(f"- {run['geometry'].split(' (')[0]}, {run['blocks']} blocks, {run['variant']}, "
+                     f"{SPARSE_RUNTIME}: {'; '.join(figures)} ({run['hardware']}, {run['isa']}, {run['measured']}; "
+                     f"[`{source}`]({source}))")
+    return lines
 
 
 def update_readme(table: str, readme: Path = README) -> None:
@@ -181,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     int8 = (int8_figures(json.loads(args.int8_report.read_text()), args.int8_report.resolve())
             if args.int8_report.is_file() else None)
-    h = headline(json.loads(args.report.read_text()), args.report.resolve(), int8)
+    full_depth = [full_depth_figures(json.loads(path.read_text()), path.resolve()) for path in FULL_DEPTH
+                  if path.is_file()]
+    h = headline(json.loads(args.report.read_text()), args.report.resolve(), int8, full_depth)
     args.out.write_text(json.dumps(h, indent=2) + "\n")
     update_readme(readme_table(h))
     log.info("wrote %s and the README's headline table", args.out)

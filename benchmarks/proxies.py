@@ -340,7 +340,7 @@ def artifact_sizes(artifacts: dict[str, Path]) -> tuple[dict[str, Any], str]:
 
 
 def _apply_recipe(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    allowed = {"proxy", "blocks", "variants", "compare", "runtimes", "out"}
+    allowed = {"proxy", "blocks", "variants", "compare", "runtimes", "out", "calibration"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise SparseDeployError(f"proxy recipe key '{unknown[0]}' is not known; allowed: {', '.join(sorted(allowed))}")
@@ -352,6 +352,9 @@ def _apply_recipe(args: argparse.Namespace, data: dict[str, Any]) -> None:
     args.compare = list(data.get("compare", []))
     args.runtime = ",".join(data["runtimes"]) if "runtimes" in data else args.runtime
     args.out = Path(data["out"]) if "out" in data else args.out
+    calibration = data.get("calibration", {})
+    args.calib_samples = int(calibration.get("samples", args.calib_samples))
+    args.calib_seq_len = int(calibration.get("seq_len", args.calib_seq_len))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from {', '.join(RUNTIMES)} (default: %(default)s)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--recipe", type=Path, help="a proxy recipe (recipes/proxies/*.yaml): proxy, blocks, "
-                        "variants, compare, out; command-line flags given explicitly are overridden by it")
+                        "variants, compare, runtimes, calibration, out; command-line flags given explicitly are overridden by it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.recipe:

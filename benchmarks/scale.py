@@ -5,8 +5,11 @@ A recipe (recipes/proxies/*-full-*.yaml) names a full-depth proxy checkpoint
 26.95 GB of fp32 in shards), the variant to prune it to (OWL+Wanda 70%), the calibration set and
 the runtimes that time the pruned artifact. Pruning and export are streamed
 (pipeline/streaming.py, export/streamed.py: one block resident at a time). Each stage runs in its own
-child process and its peak RSS is the child's own (``wait4``'s ``ru_maxrss``), so no stage is
-charged for another's memory:
+child process and its peak RSS is the child's own, so no stage is charged for another's memory:
+the child's high-water mark (``VmHWM``, and its own children's ``ru_maxrss``: DeepSparse's worker)
+written as it exits. Not the parent's ``wait4`` ``ru_maxrss``: at ``exec`` Linux folds the
+high-water mark of the parent's memory (which the child shared until then) into the child's, so
+a small stage would be charged the parent's RSS.
 
 - ``checkpoint``: writing the proxy checkpoint (skipped when cached: then not measured);
 - ``load``: ``load_streamed`` alone (skeleton, embeddings, final norm, head);
@@ -19,7 +22,7 @@ charged for another's memory:
   at full depth, batch 1, in one runtime, each (runtime, artifact) in its own process per round, so
   that one model at a time is resident; ``rounds`` interleaved, order reversed every other one.
 
-Besides ``ru_maxrss``, the parent samples the child's ``/proc/<pid>/status`` every 0.2 s: a
+Besides the high-water mark, the parent samples the child's ``/proc/<pid>/status`` every 0.2 s: a
 runtime that memory-maps the external data (ONNX Runtime, OpenVINO) has the weights' file pages
 in its RSS, which the kernel reclaims under pressure, so peak RSS is given with its anonymous
 (heap) and file-backed parts. When the disk cannot hold checkpoint, pruned model and artifact at
@@ -83,11 +86,12 @@ class ScaleRecipe:
     out: Path
     dense: bool = False  # export and time the dense checkpoint too (when its loaded form fits the machine)
     rounds: int = 1  # interleaved rounds over (runtime, artifact), order reversed every other round
+    extrapolate: Path | None = None  # the 2-block proxy recipe whose extrapolation is set beside this run
 
     @classmethod
     def load(cls, path: Path) -> "ScaleRecipe":
         data = yaml.safe_load(path.read_text())
-        allowed = {"proxy", "variant", "calibration", "runtimes", "out", "dense", "rounds"}
+        allowed = {"proxy", "variant", "calibration", "runtimes", "out", "dense", "rounds", "extrapolate"}
         if not isinstance(data, dict) or set(data) - allowed or data.get("proxy") not in PROXIES:
             raise SparseDeployError(f"{path}: a full-depth recipe has keys {', '.join(sorted(allowed))} and a proxy "
                                     f"among {', '.join(PROXIES)}")
@@ -95,7 +99,7 @@ class ScaleRecipe:
         return cls(data["proxy"], Variant.parse(data["variant"]), int(calibration.get("samples", 8)),
                    int(calibration.get("seq_len", 256)), tuple(data.get("runtimes", ())),
                    ROOT / data.get("out", f"benchmarks/results/scale_{data['proxy']}"), bool(data.get("dense", False)),
-                   int(data.get("rounds", 1)))
+                   int(data.get("rounds", 1)), ROOT / data["extrapolate"] if data.get("extrapolate") else None)
 
     @property
     def artifacts(self) -> tuple[str, ...]:
@@ -180,6 +184,22 @@ def _memory(pid: int) -> tuple[int, int]:
     return kb("RssAnon"), kb("RssFile") + kb("RssShmem")
 
 
+def _peak_file(work: Path, stage: str) -> Path:
+    return work / "peaks" / f"{stage}.kb"
+
+
+def _record_peak(work: Path, stage: str) -> None:
+    """This (child) process's peak RSS in kB: its own high-water mark, or its children's where
+    larger (a runtime's worker process)."""
+    import resource
+
+    status = Path("/proc/self/status").read_text()
+    own = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    out = _peak_file(work, stage)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(str(max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))
+
+
 def _run_child(stage: str, work: Path, blocks: int, recipe: Path) -> dict[str, float]:
     """Peak RSS (GB; with its anonymous and file-backed parts, sampled) and wall time (s) of one
     stage in its own process."""
@@ -196,13 +216,13 @@ def _run_child(stage: str, work: Path, blocks: int, recipe: Path) -> dict[str, f
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(child.pid, 0)
+    child.wait()
     done.set()
     sampler.join()
-    child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         raise SystemExit(f"stage {stage} failed (exit {child.returncode})")
-    measured = {"peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "peak_anon_gb": peaks["anon"] * 1024 / 1e9,
+    peak_kb = int(_peak_file(work, stage).read_text())
+    measured = {"peak_rss_gb": peak_kb * 1024 / 1e9, "peak_anon_gb": peaks["anon"] * 1024 / 1e9,
                 "peak_file_gb": peaks["file"] * 1024 / 1e9, "wall_s": time.perf_counter() - start}
     log.info("%s: peak RSS %.2f GB (anonymous %.2f, file-backed %.2f sampled), %.0f s", stage,
              measured["peak_rss_gb"], measured["peak_anon_gb"], measured["peak_file_gb"], measured["wall_s"])
@@ -229,7 +249,7 @@ def markdown(data: dict[str, Any]) -> str:
              f"torch {env['packages'].get('torch')}, openvino {env['packages'].get('openvino')}, onnxruntime "
              f"{env['packages'].get('onnxruntime')}. {recipe['variant']}, calibration {recipe['samples']} x "
              f"{recipe['seq_len']} tokens (`{recipe['file']}`). Each stage in its own process: peak RSS is that "
-             "process's `ru_maxrss`; its anonymous (heap) and file-backed parts are the peaks of `/proc/<pid>/status` "
+             "process's high-water mark (`VmHWM`); its anonymous (heap) and file-backed parts are the peaks of `/proc/<pid>/status` "
              "sampled every 0.2 s (file-backed pages are memory-mapped weights, which the kernel reclaims under "
              "pressure).", "",
              "| stage | peak RSS (GB) | anonymous (GB) | file-backed (GB) | wall (s) |", "|---|---|---|---|---|"]
@@ -263,8 +283,38 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"- {flavour}: pruned vs the fastest dense runtime ({entry['baseline_runtime']}, "
                          f"{entry['baseline_ms']:.1f} ms): {', '.join(parts)}")
         lines.append("")
+    lines += _extrapolation_lines(data["extrapolated"], data["latency"])
     lines += [f"Artifact storage: {data['artifact_storage']}", ""]
     return "\n".join(lines)
+
+
+def _extrapolation_lines(ex: dict[str, Any], latency: dict[str, Any]) -> list[str]:
+    if not ex:
+        return ["Not measured yet: the 2-block proxy's extrapolation of this configuration on this machine.", ""]
+    cpu = "the same CPU" if ex["same_cpu"] else f"**another CPU ({ex['cpu']}): its figures do not compare with these**"
+    lines = [f"## Full depth vs the {ex['blocks']}-block extrapolation", "",
+             f"From [`{ex['source']}`]({os.path.relpath(ROOT / ex['source'], ROOT / 'benchmarks' / 'results')}) "
+             f"(`{ex['recipe']}`, measured {ex['measured']} on {cpu}): extrapolated = head-only + {ex['depth']} x "
+             "block, block = (proxy - head-only) / blocks, an estimate (benchmarks/proxies.py); error = extrapolated "
+             "/ measured - 1.", "",
+             "| runtime | artifact | graph | head-only (ms) | block (ms) | extrapolated (ms) | measured (ms) | error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for runtime, cell in ex["latency"].items():
+        for artifact, graphs in cell.items():
+            for flavour, v in graphs.items():
+                measured = "-" if v["measured_ms"] is None else f"{v['measured_ms']:.1f}"
+                error = "-" if v["error"] is None else f"{v['error']:+.1%}"
+                lines.append(f"| {runtime} | {artifact} | {flavour} | {v['head_ms']:.1f} | {v['block_ms']:.2f} | "
+                             f"{v['extrapolated_ms']:.1f} | {measured} | {error} |")
+    lines.append("")
+    dense_measured = any("dense" in e for e in latency.values())
+    for flavour, v in ex["pruned_vs_extrapolated_dense"].items():
+        parts = ", ".join(f"{r} {x:.2f}x" for r, x in v["pruned"].items())
+        lines.append(f"- {flavour}: pruned, measured at full depth, vs dense **extrapolated from its blocks** "
+                     f"({v['baseline_runtime']}, the fastest dense runtime of the proxy run: "
+                     f"{v['dense_extrapolated_ms']:.1f} ms){'' if dense_measured else ' (no dense artifact fits here)'}: "
+                     f"{parts}")
+    return [*lines, ""]
 
 
 ARTIFACT_STORAGE = ("one ONNX graph per flavour (decode with KV cache, prefill) and one external data file that "
@@ -290,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = args.blocks if args.blocks is not None else PROXIES[recipe.proxy][1]
     if args.stage:
         _stage(args.stage, args.work, blocks, recipe)
+        _record_peak(args.work, args.stage)
         return 0
     from pipeline.models import cache_dir
 
@@ -372,6 +423,65 @@ def _speedups(latency: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _shown(path: Path) -> str:
+    """A path as the report shows it: from the repository root when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def _extrapolation(recipe: ScaleRecipe, latency: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The 2-block proxy's figures for this configuration (``recipe.extrapolate``: its recipe,
+    benchmarks/proxies.py), per runtime and graph: head-only, block, and head-only + depth x block
+    for dense and pruned, each next to what this run measured at full depth (``error``: the
+    extrapolation over the measurement, minus one). Empty until that run's report exists; a run on
+    another CPU is kept but marked, as its ratios are not comparable with this one's."""
+    if recipe.extrapolate is None:
+        return {}
+    proxy_recipe = yaml.safe_load(recipe.extrapolate.read_text())
+    report_file = ROOT / proxy_recipe["out"] / "latency.json"
+    if not report_file.is_file():
+        log.warning("no %s yet (run benchmarks.proxies --recipe %s): nothing to extrapolate from", report_file,
+                    recipe.extrapolate)
+        return {}
+    report = json.loads(report_file.read_text())
+    depth, label = PROXIES[recipe.proxy][1], recipe.variant.label
+    cells: dict[str, dict[str, Any]] = {}
+    for entry in report["decomposition"]:
+        if entry["variant"] != label:
+            continue
+        total = entry[f"extrapolated_{depth}_blocks_ms"]
+        cell = cells.setdefault(entry["runtime"], {})
+        for artifact, key in (("dense", "dense"), ("pruned", label)):
+            measured = latency.get(entry["runtime"], {}).get(artifact, {}).get(entry["flavour"])
+            cell.setdefault(artifact, {})[entry["flavour"]] = {
+                "head_ms": entry["head_ms"], "block_ms": entry["block_ms"][key], "extrapolated_ms": total[key],
+                "measured_ms": measured["median_ms"] if measured else None,
+                "error": total[key] / measured["median_ms"] - 1 if measured else None}
+    return {"source": _shown(report_file), "recipe": _shown(recipe.extrapolate),
+            "measured": report["measured"], "cpu": report["environment"]["cpu"],
+            "same_cpu": report["environment"]["cpu"] == describe()["cpu"],
+            "blocks": proxy_recipe.get("blocks", 2), "depth": depth, "latency": cells,
+            "pruned_vs_extrapolated_dense": _vs_extrapolated_dense(cells, latency)}
+
+
+def _vs_extrapolated_dense(cells: dict[str, dict[str, Any]], latency: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per graph: the pruned artifact measured at full depth against the fastest dense runtime's
+    extrapolation (what stands in for a dense model that fits no runtime here: LLaMA-7B's)."""
+    from runtime.bench import DENSE_BASELINES
+
+    result: dict[str, Any] = {}
+    flavours = {f for cell in cells.values() for f in cell.get("dense", {})}
+    for flavour in sorted(flavours):
+        dense = {r: c["dense"][flavour]["extrapolated_ms"] for r, c in cells.items()
+                 if r in DENSE_BASELINES and flavour in c.get("dense", {})}
+        pruned = {r: e["pruned"][flavour]["median_ms"] for r, e in latency.items() if flavour in e.get("pruned", {})}
+        if dense and pruned:
+            baseline = min(dense, key=dense.get)
+            result[flavour] = {"baseline_runtime": baseline, "dense_extrapolated_ms": dense[baseline],
+                               "pruned": {r: dense[baseline] / ms for r, ms in pruned.items()}}
+    return result
+
+
 def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, stages: dict[str, dict[str, float]],
             disk: dict[str, float]) -> dict[str, Any]:
     """The results file: the issue's keys (``blocks``, ``peak_rss_gb``, ``bench_rss_gb``, ``wall_s``,
@@ -385,8 +495,7 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
             kept[artifact] = max(kept.get(artifact, 0.0), measured["peak_rss_gb"])
     latency = _pooled_latency(work, recipe)
     return {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "blocks": blocks,
-            "recipe": {"file": str(recipe_file.resolve().relative_to(ROOT) if recipe_file.resolve().is_relative_to(ROOT)
-                                   else recipe_file),
+            "recipe": {"file": _shown(recipe_file),
                        "proxy": recipe.proxy, "variant": recipe.variant.describe(),
                        "samples": recipe.samples, "seq_len": recipe.seq_len, "rounds": recipe.rounds},
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
@@ -400,7 +509,7 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
             "bench_rss_gb": bench_rss,
             "latency": latency,
             "speedups": _speedups(latency),
-            "extrapolated": {},
+            "extrapolated": _extrapolation(recipe, latency),
             "artifact_storage": ARTIFACT_STORAGE}
 
 

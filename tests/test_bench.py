@@ -214,8 +214,15 @@ def test_proxy_recipes_parse(tmp_path):
             full = ScaleRecipe.load(recipe)
             BenchSettings(runtimes=full.runtimes)
             assert full.stages[-len(full.runtimes):] == tuple(f"bench-{r}" for r in full.runtimes)
+            if full.extrapolate:  # the 2-block run it is checked against has the same configuration
+                proxy = argparse.Namespace(blocks=2, runtime="onnxruntime", calib_samples=16, calib_seq_len=256)
+                _apply_recipe(proxy, yaml.safe_load(full.extrapolate.read_text()))
+                assert (proxy.proxy, proxy.calib_samples, proxy.calib_seq_len) == (full.proxy, full.samples,
+                                                                                 full.seq_len)
+                assert full.variant in proxy.variant
             continue
-        args = argparse.Namespace(proxy="llama7b", blocks=2, variant=None, compare=[], runtime="onnxruntime", out=None)
+        args = argparse.Namespace(proxy="llama7b", blocks=2, variant=None, compare=[], runtime="onnxruntime", out=None,
+                                  calib_samples=16, calib_seq_len=256)
         _apply_recipe(args, yaml.safe_load(recipe.read_text()))
         labels = {v.label for v in args.variant}
         assert all(pair.split("=")[0] in labels and pair.split("=")[1] in labels for pair in args.compare)
@@ -308,3 +315,39 @@ def test_drift_report_renders_both_protocols():
     assert "| sequential, dense first (20 runs each) | 0.83x |" in text
     assert "| interleaved (2 pairs of 5-run blocks, medians of all) | 1.00x |" in text
     assert "range 50.0-60.0 ms" in text
+
+
+def test_a_full_depth_run_is_set_beside_the_2_block_extrapolation(tmp_path):
+    from benchmarks.proxies import Variant
+    from benchmarks.scale import ScaleRecipe, _extrapolation, _speedups, _extrapolation_lines
+
+    def entry(flavour, runtime, head, dense_block, pruned_block):
+        return {"flavour": flavour, "runtime": runtime, "variant": "owl-70", "head_ms": head,
+                "block_ms": {"dense": dense_block, "owl-70": pruned_block},
+                "extrapolated_32_blocks_ms": {"dense": head + 32 * dense_block, "owl-70": head + 32 * pruned_block}}
+
+    report = tmp_path / "proxy" / "latency.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"measured": "today", "environment": {"cpu": "elsewhere"}, "decomposition": [
+        entry("decode", "openvino", 10.0, 3.0, 2.9), entry("decode", "openvino-sparse", 10.0, 3.1, 1.5),
+        entry("decode", "onnxruntime", 12.0, 4.0, 4.0)]}))
+    proxy_recipe = tmp_path / "proxy.yaml"
+    proxy_recipe.write_text(f"proxy: llama7b\nout: {report.parent}\n")
+    recipe = ScaleRecipe("llama7b", Variant.parse("owl-70=wanda:0.7:owl"), 8, 256, ("openvino-sparse", "openvino"),
+                         tmp_path / "out", dense=True, extrapolate=proxy_recipe)
+    ms = lambda v: {"decode": {"median_ms": v}}  # noqa: E731
+    latency = {"openvino-sparse": {"dense": ms(110.0), "pruned": ms(55.0)}, "openvino": {"dense": ms(100.0),
+                                                                                       "pruned": ms(99.0)}}
+    speedups = _speedups(latency)["decode"]  # openvino-sparse's dense is OpenVINO's kernels: not a baseline
+    assert speedups["baseline_runtime"] == "openvino" and speedups["pruned"]["openvino-sparse"] == {
+        "vs_fastest_dense": pytest.approx(100 / 55), "vs_own_dense": pytest.approx(2.0)}
+    ex = _extrapolation(recipe, latency)
+    assert not ex["same_cpu"] and ex["depth"] == 32
+    cell = ex["latency"]["openvino-sparse"]["pruned"]["decode"]
+    assert cell["extrapolated_ms"] == pytest.approx(58.0) and cell["error"] == pytest.approx(58 / 55 - 1)
+    assert ex["latency"]["onnxruntime"]["dense"]["decode"]["error"] is None  # not measured at full depth
+    vs = ex["pruned_vs_extrapolated_dense"]["decode"]  # the fastest dense extrapolation: openvino's 106 ms
+    assert vs["baseline_runtime"] == "openvino" and vs["pruned"]["openvino-sparse"] == pytest.approx(106 / 55)
+    text = "\n".join(_extrapolation_lines(ex, latency))
+    assert "another CPU" in text and "| openvino-sparse | pruned | decode | 10.0 | 1.50 | 58.0 | 55.0 | +5.5% |" in text
+    assert _extrapolation(ScaleRecipe("llama7b", recipe.variant, 8, 256, (), tmp_path, extrapolate=None), latency) == {}

@@ -80,3 +80,32 @@ def test_int8_figures_are_per_block_against_the_fastest_dense_int8_runtime(tmp_p
     h = hl.headline(_report(), tmp_path / "latency.json", int8)
     assert h["int8_run"]["hardware"] == "zen3, 2 cores" and h["isa"] == "avx512"
     assert "| OWL+Wanda 70% + int8 vs dense int8, decode, openvino-sparse | **1.33x** |" in hl.readme_table(h)
+
+
+def test_full_depth_runs_keep_their_own_hardware_and_label_an_extrapolated_dense(tmp_path):
+    """A full-depth run with a dense artifact compares with the fastest dense runtime measured at
+    full depth; one without (LLaMA-7B: dense fits no runtime) with the dense model extrapolated from
+    its blocks, on the same CPU only, and says so."""
+    ms = lambda d, p: {"decode": {"median_ms": d}, "prefill": {"median_ms": p}}  # noqa: E731
+    phi3 = {"blocks": 32, "recipe": {"proxy": "phi3-mini", "variant": "OWL+wanda 70%"}, "measured": "d1",
+            "environment": {"cpu": "zen3", "cores": 2, "isa": "avx2"},
+            "latency": {"openvino": {"dense": ms(400.0, 4000.0), "pruned": ms(390.0, 3900.0)},
+                        hl.SPARSE_RUNTIME: {"dense": ms(410.0, 4100.0), "pruned": ms(200.0, 2500.0)}},
+            "speedups": {"decode": {"baseline_runtime": "openvino", "baseline_ms": 400.0,
+                                    "pruned": {hl.SPARSE_RUNTIME: {"vs_fastest_dense": 2.0, "vs_own_dense": 2.05}}}}}
+    llama = {**phi3, "recipe": {"proxy": "llama7b", "variant": "OWL+wanda 70%"}, "speedups": {},
+             "latency": {hl.SPARSE_RUNTIME: {"pruned": ms(300.0, 3000.0)}},
+             "extrapolated": {"same_cpu": True, "pruned_vs_extrapolated_dense": {
+                 "decode": {"baseline_runtime": "openvino", "dense_extrapolated_ms": 600.0,
+                            "pruned": {hl.SPARSE_RUNTIME: 2.0}}}}}
+    runs = [hl.full_depth_figures(phi3, tmp_path / "scale_phi3_mini.json"),
+            hl.full_depth_figures(llama, tmp_path / "scale_llama7b.json")]
+    assert runs[0]["geometry"].startswith("phi3-mini (hidden 3072, MLP 8192")
+    assert runs[0]["vs_fastest_dense"]["decode"] == {"baseline_runtime": "openvino", hl.SPARSE_RUNTIME: 2.0}
+    assert "vs_dense_extrapolated_from_blocks" not in runs[0]
+    assert runs[1]["vs_dense_extrapolated_from_blocks"]["decode"][hl.SPARSE_RUNTIME] == 2.0
+    other_cpu = {**llama, "extrapolated": {**llama["extrapolated"], "same_cpu": False}}
+    assert "vs_dense_extrapolated_from_blocks" not in hl.full_depth_figures(other_cpu, tmp_path / "x.json")
+    table = hl.readme_table(hl.headline(_report(), tmp_path / "latency.json", full_depth=runs))
+    assert "phi3-mini, 32 blocks, OWL+wanda 70%, openvino-sparse: decode **2.00x** vs openvino" in table
+    assert "decode 300 ms, 2.00x vs dense openvino *extrapolated from its blocks* (600 ms)" in table
