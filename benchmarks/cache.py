@@ -31,5 +31,13 @@ def drop_stale(current: Path) -> None:
 
 
 def tree_gb(root: Path) -> float:
-    """Size of everything under ``root``, in GB (logged so that a growing cache is seen)."""
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 1e9
+    """Disk taken by everything under ``root``, in GB (logged so that a growing cache is seen).
+
+    A file hard-linked twice (the prefill flavour links the decode flavour's external data) is counted
+    once: it is on disk once."""
+    seen: dict[tuple[int, int], int] = {}
+    for f in root.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values()) / 1e9

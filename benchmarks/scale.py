@@ -34,7 +34,8 @@ not load the tokenizer's model). Each stage's measurement is kept in the work di
 ``--stages`` reruns some and the report keeps the others'.
 
     .venv/bin/python -m benchmarks.scale --recipe recipes/proxies/llama7b-full-owl-wanda-70.yaml
-    # ~1 h on 2 cores; ~55-80 GB of disk under the cache; --blocks 2 for a quick check (nothing written)
+    # ~1 h on 2 cores; ~55-80 GB of disk under the cache
+    # --blocks 2: the same stages on 2 blocks (minutes), written beside as OUT_2blocks.{json,md}
 """
 
 from __future__ import annotations
@@ -219,11 +220,16 @@ def _run_child(stage: str, work: Path, blocks: int, recipe: Path) -> dict[str, f
     child.wait()
     done.set()
     sampler.join()
+    sampled = {"peak_anon_gb": peaks["anon"] * 1024 / 1e9, "peak_file_gb": peaks["file"] * 1024 / 1e9,
+               "wall_s": time.perf_counter() - start}
     if child.returncode:
-        raise SystemExit(f"stage {stage} failed (exit {child.returncode})")
+        error = ("killed (SIGKILL: the kernel's out-of-memory killer, most likely)" if child.returncode == -9
+                 else f"exit {child.returncode}")
+        log.error("stage %s failed: %s (sampled peak: anonymous %.2f GB, file-backed %.2f GB)", stage, error,
+                  sampled["peak_anon_gb"], sampled["peak_file_gb"])
+        return {"error": error, **sampled}
     peak_kb = int(_peak_file(work, stage).read_text())
-    measured = {"peak_rss_gb": peak_kb * 1024 / 1e9, "peak_anon_gb": peaks["anon"] * 1024 / 1e9,
-                "peak_file_gb": peaks["file"] * 1024 / 1e9, "wall_s": time.perf_counter() - start}
+    measured = {"peak_rss_gb": peak_kb * 1024 / 1e9, **sampled}
     log.info("%s: peak RSS %.2f GB (anonymous %.2f, file-backed %.2f sampled), %.0f s", stage,
              measured["peak_rss_gb"], measured["peak_anon_gb"], measured["peak_file_gb"], measured["wall_s"])
     return measured
@@ -276,6 +282,11 @@ def markdown(data: dict[str, Any]) -> str:
                 rss = data["bench_rss_gb"].get(runtime, {}).get(artifact)
                 lines.append(f"| {runtime} | {artifact} | {' | '.join(cells)} | {_gb(rss)} |")
         lines.append("")
+        for runtime, artifacts in data.get("bench_failed", {}).items():
+            for artifact, f in artifacts.items():
+                lines.append(f"- {runtime} could not time the {artifact} artifact: {f['error']} (sampled before it "
+                             f"ended: anonymous {f['sampled_anonymous_gb']:.2f} GB, file-backed "
+                             f"{f['sampled_file_backed_gb']:.2f} GB)")
         for flavour, entry in data["speedups"].items():
             parts = [f"{r} {v['vs_fastest_dense']:.2f}x" + (f" (own dense {v['vs_own_dense']:.2f}x)"
                                                               if v["vs_own_dense"] else "")
@@ -330,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--blocks", type=int, default=None,
-                        help="decoder blocks (default: the real depth; fewer for a quick check, results not written)")
+                        help="decoder blocks (default: the real depth; fewer for a quick check or a comparison, "
+                             "written to OUT_<blocks>blocks)")
     parser.add_argument("--stages", default=None,
                         help="comma-separated stages to run (default: all; the others' last measurements are "
                              "reported; '' only rewrites the report)")
@@ -366,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             _make_room(work, checkpoint_dir)
         cached = stage == "checkpoint" and (checkpoint_dir / INDEX).is_file()
         measured = _run_child(stage, work, blocks, args.recipe)
+        if "error" in measured and not stage.startswith("bench-"):  # what follows needs this stage's output
+            raise SystemExit(f"stage {stage} failed: {measured['error']}")
         if not cached:  # a cached checkpoint's stage only names it
             stages[stage] = measured
         if stage == "checkpoint":
@@ -374,10 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     disk |= {name: tree_gb(work / name) for name in ("pruned", *ARTIFACT_DIRS.values()) if (work / name).is_dir()}
     disk_file.write_text(json.dumps(disk) + "\n")
     data = _report(recipe, args.recipe, blocks, work, stages, disk)
-    if blocks == PROXIES[recipe.proxy][1]:
-        write_results(recipe.out, data, markdown(data))
-    else:
-        log.info("%s", markdown(data))
+    depth = PROXIES[recipe.proxy][1]
+    write_results(recipe.out if blocks == depth else recipe.out.with_name(f"{recipe.out.name}_{blocks}blocks"), data,
+                  markdown(data))
     return 0
 
 
@@ -488,9 +501,15 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
     ``disk_gb``, ``latency``, ``extrapolated``) and what they rest on."""
     record = json.loads((work / "pruned" / "prune_record.json").read_text())
     bench_rss: dict[str, dict[str, float]] = {}
+    failed: dict[str, dict[str, dict[str, Any]]] = {}
     for stage, measured in stages.items():
         if stage.startswith("bench-") and stage.count(":") == 2:
             runtime, artifact, _ = stage.removeprefix("bench-").split(":")
+            if "error" in measured:  # a runtime whose loaded form does not fit: said, not dropped
+                failed.setdefault(runtime, {})[artifact] = {"error": measured["error"],
+                                                             "sampled_anonymous_gb": measured["peak_anon_gb"],
+                                                             "sampled_file_backed_gb": measured["peak_file_gb"]}
+                continue
             kept = bench_rss.setdefault(runtime, {})
             kept[artifact] = max(kept.get(artifact, 0.0), measured["peak_rss_gb"])
     latency = _pooled_latency(work, recipe)
@@ -499,7 +518,8 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
                        "proxy": recipe.proxy, "variant": recipe.variant.describe(),
                        "samples": recipe.samples, "seq_len": recipe.seq_len, "rounds": recipe.rounds},
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-            "peak_rss_gb": {k: v["peak_rss_gb"] for k, v in stages.items() if not k.startswith("bench-")},
+            "peak_rss_gb": {k: v["peak_rss_gb"] for k, v in stages.items() if not k.startswith("bench-")
+                            and "peak_rss_gb" in v},
             "peak_rss_parts_gb": {k: {"anonymous": v.get("peak_anon_gb"), "file_backed": v.get("peak_file_gb")}
                                   for k, v in stages.items()},
             "wall_s": {k: v["wall_s"] for k, v in stages.items()},
@@ -507,6 +527,7 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
             "achieved_sparsity": record["achieved"]["blocks_linear"]["sparsity"],
             "block_sparsity": record["recipe"]["block_sparsity"],
             "bench_rss_gb": bench_rss,
+            "bench_failed": failed,
             "latency": latency,
             "speedups": _speedups(latency),
             "extrapolated": _extrapolation(recipe, latency),

@@ -20,6 +20,7 @@ from export.graphs import CausalLMDecode, CausalLMPrefill, EncoderGraph, KVGeome
 from pipeline.architectures import spec_for
 from pipeline.data import evaluation_windows
 from pipeline.evaluate import EVAL_SOURCE, window_nll
+from pipeline.residency import bounded_residency
 from runtime.onnxruntime_runner import run, session
 
 
@@ -77,12 +78,19 @@ class Reference:
 
 def check_reference(path: Path, reference: Reference, tol: Tolerance) -> dict[str, Any]:
     """Run the graph at ``path`` in ONNX Runtime on the reference inputs and compare (weights
-    memory-mapped, not prepacked: a check on a few tokens need not hold a 7B model twice)."""
+    memory-mapped, not prepacked, and kept from staying resident: a check on a few tokens need not
+    hold a 7B model at all)."""
     sess = session(path, prepack=False)
     names = [o.name for o in sess.get_outputs()]
-    got = run(sess, reference.inputs)
+    with bounded_residency(_beside(path)):
+        got = run(sess, reference.inputs)
     want = [torch.from_numpy(reference.outputs[n]) for n in names]
     return {**_compare(got, want, names, tol), "inputs": {k: list(v.shape) for k, v in reference.inputs.items()}}
+
+
+def _beside(graph: Path) -> list[Path]:
+    """The graph file and its external data: the files in its folder."""
+    return [f for f in Path(graph).parent.iterdir() if f.is_file()]
 
 
 @torch.no_grad()
@@ -111,7 +119,8 @@ def perplexity_parity(model: PreTrainedModel, tokenizer: Any, prefill_path: Path
     ids = evaluation_windows(tokenizer, source, windows, seq_len)
     total, count = window_nll(model, ids)
     sess = session(prefill_path, prepack=False)
-    onnx_total, _ = window_nll(lambda batch: torch.from_numpy(run(sess, {"input_ids": batch.numpy()})[0]), ids)
+    with bounded_residency(_beside(prefill_path)):
+        onnx_total, _ = window_nll(lambda batch: torch.from_numpy(run(sess, {"input_ids": batch.numpy()})[0]), ids)
     ppl_torch, ppl_onnx = math.exp(total / count), math.exp(onnx_total / count)
     rel = abs(ppl_onnx - ppl_torch) / ppl_torch
     return {"torch": ppl_torch, "onnx": ppl_onnx, "rel_error": rel, "passed": rel <= tol.ppl_rtol,

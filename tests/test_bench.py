@@ -1,10 +1,12 @@
 """The latency benchmark's bookkeeping (deterministic) and one real run on tiny artifacts."""
 
 import json
+import os
 
 import pytest
 
 from runtime.bench import INT8_BASELINES, RUNTIMES, BenchRow, BenchSettings, block_sparsity, sparse_not_faster, speedups, summarize
+from benchmarks.cache import tree_gb
 from benchmarks.proxies import decomposition
 from export.artifact import export_artifact
 from pipeline.app.cli import main
@@ -351,3 +353,13 @@ def test_a_full_depth_run_is_set_beside_the_2_block_extrapolation(tmp_path):
     text = "\n".join(_extrapolation_lines(ex, latency))
     assert "another CPU" in text and "| openvino-sparse | pruned | decode | 10.0 | 1.50 | 58.0 | 55.0 | +5.5% |" in text
     assert _extrapolation(ScaleRecipe("llama7b", recipe.variant, 8, 256, (), tmp_path, extrapolate=None), latency) == {}
+
+
+def test_disk_use_counts_a_hard_linked_file_once(tmp_path):
+    """The prefill flavour hard-links the decode flavour's external data: on disk once."""
+    (tmp_path / "decode").mkdir()
+    (tmp_path / "prefill").mkdir()
+    (tmp_path / "decode" / "model.onnx.data").write_bytes(b"\0" * 1_000_000)
+    os.link(tmp_path / "decode" / "model.onnx.data", tmp_path / "prefill" / "model.onnx.data")
+    (tmp_path / "prefill" / "model.onnx").write_bytes(b"\0" * 1000)
+    assert tree_gb(tmp_path) == pytest.approx(1_001_000 / 1e9)

@@ -1,0 +1,102 @@
+"""Bound how much of a memory-mapped file stays resident in this process.
+
+A runtime that memory-maps a 27 GB artifact's external data (ONNX Runtime does, without
+prepacking) touches every page in one forward pass; Linux keeps the touched pages mapped, so the
+process's RSS climbs towards the whole file although nothing needs them resident: a machine with
+less memory than the file would page them out anyway. :func:`bounded_residency` watches the
+process's file-backed RSS and, over a budget, tells the kernel (``madvise(MADV_DONTNEED)``) that
+the read-only mappings of the named files are not needed now. The pages stay in the page cache and
+fault back in when touched, so what the runtime computes is unchanged; the RSS a serving team
+would have to provision for a check on a few tokens is then the budget, not the model.
+
+Only mappings without write permission are dropped: dropping a private page that was written would
+lose the write. And the caller must keep the files mapped while the watcher runs (run it around
+inference, not around opening or closing a session), so that an address range it read from
+``/proc/self/maps`` cannot be handed to another allocation before it advises it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAPPED_BUDGET_GB = 2.0  # file-backed RSS above which the watched mappings are dropped
+POLL_S = 0.05
+_MADV_DONTNEED = 4
+
+
+def file_rss_bytes() -> int:
+    """This process's resident file-backed memory (``RssFile`` of ``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def read_only_mappings(files: Iterable[Path]) -> list[tuple[int, int]]:
+    """Address ranges of this process's read-only mappings of ``files`` (matched by device and inode,
+    so a hard link of a file is the same file)."""
+    ids = set()
+    for f in files:
+        st = os.stat(f)
+        ids.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[1][1] == "w":
+            continue
+        major, minor = (int(x, 16) for x in fields[3].split(":"))
+        if (major, minor, int(fields[4])) in ids:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    return libc
+
+
+def drop_mapped(files: Iterable[Path]) -> int:
+    """Advise the kernel that the read-only mappings of ``files`` are not needed now; returns the
+    bytes of address space advised."""
+    libc, advised = _libc(), 0
+    for start, end in read_only_mappings(files):
+        if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
+            advised += end - start
+        else:
+            log.debug("madvise(%#x, %d) failed: %s", start, end - start, os.strerror(ctypes.get_errno()))
+    return advised
+
+
+@contextmanager
+def bounded_residency(files: Iterable[Path], budget_gb: float = MAPPED_BUDGET_GB) -> Iterator[None]:
+    """While inside, keep this process's file-backed RSS near ``budget_gb`` by dropping the
+    read-only mappings of ``files`` whenever it is exceeded (see the module docstring)."""
+    files, budget = [Path(f) for f in files], int(budget_gb * 1e9)
+    stop, drops = threading.Event(), [0]
+
+    def watch() -> None:
+        while not stop.wait(POLL_S):
+            if file_rss_bytes() > budget:
+                drop_mapped(files)
+                drops[0] += 1
+
+    watcher = threading.Thread(target=watch, name="bounded-residency", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        if drops[0]:
+            log.info("kept the mapped weights' RSS near %.1f GB (%d drops)", budget_gb, drops[0])
