@@ -125,10 +125,7 @@ def _stage(stage: str, work: Path, blocks: int, recipe: ScaleRecipe) -> None:
     if stage == "checkpoint":
         source.write_text(str(proxy_checkpoint(recipe.proxy, blocks)))
         return
-    loaded = load_streamed(source.read_text())
-    if stage == "load":
-        return
-    if stage in ("export", "export-dense"):
+    if stage in ("export", "export-dense"):  # the pruned export reads the pruned shards alone (no checkpoint)
         from export.artifact import export_artifact
 
         model, artifact = (work / "pruned", "pruned") if stage == "export" else (source.read_text(), "dense")
@@ -137,6 +134,9 @@ def _stage(stage: str, work: Path, blocks: int, recipe: ScaleRecipe) -> None:
     if stage.startswith("bench-"):  # bench-RUNTIME:ARTIFACT:ROUND
         runtime, artifact, round_ = stage.removeprefix("bench-").split(":")
         _bench(runtime, work, artifact, int(round_))
+        return
+    loaded = load_streamed(source.read_text())
+    if stage == "load":
         return
     batches = torch.load(work / "batches.pt")
     variant = recipe.variant
