@@ -5,14 +5,18 @@ prepacking) touches every page in one forward pass; Linux keeps the touched page
 process's RSS climbs towards the whole file although nothing needs them resident: a machine with
 less memory than the file would page them out anyway. :func:`bounded_residency` watches the
 process's file-backed RSS and, over a budget, tells the kernel (``madvise(MADV_DONTNEED)``) that
-the read-only mappings of the named files are not needed now. The pages stay in the page cache and
+the clean mappings of the named files are not needed now. The pages stay in the page cache and
 fault back in when touched, so what the runtime computes is unchanged; the RSS a serving team
 would have to provision for a check on a few tokens is then the budget, not the model.
 
-Only mappings without write permission are dropped: dropping a private page that was written would
-lose the write. And the caller must keep the files mapped while the watcher runs (run it around
-inference, not around opening or closing a session), so that an address range it read from
-``/proc/self/maps`` cannot be handed to another allocation before it advises it.
+ONNX Runtime 1.32 maps each external tensor private and *writable* (``rw-p``), so the permission
+cannot tell a weight from a buffer. What can is ``/proc/self/smaps``: a private mapping is dropped
+only while none of its pages was ever written (no ``Anonymous`` copy-on-write pages), since
+dropping a written private page would lose the write; inference does not write its weights. A
+shared mapping's writes are in the page cache, so it is always safe to drop.
+The caller must keep the files mapped while the watcher runs (run it around inference, not around
+opening or closing a session), so that an address range it read cannot be handed to another
+allocation before it advises it.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 MAPPED_BUDGET_GB = 2.0  # file-backed RSS above which the watched mappings are dropped
 POLL_S = 0.05
 _MADV_DONTNEED = 4
+_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ [-rwxps]{4} [0-9a-f]+ [0-9a-f]+:[0-9a-f]+ \d+")
+_COUNTED = {"Rss:": "rss", "Anonymous:": "anonymous"}  # smaps fields read, per mapping
 
 
 def file_rss_bytes() -> int:
@@ -40,23 +48,45 @@ def file_rss_bytes() -> int:
     return 0
 
 
-def read_only_mappings(files: Iterable[Path]) -> list[tuple[int, int]]:
-    """Address ranges of this process's read-only mappings of ``files`` (matched by device and inode,
-    so a hard link of a file is the same file)."""
+@dataclass
+class Mapping:
+    """One mapping of a watched file, from ``/proc/self/smaps``."""
+
+    start: int
+    end: int
+    shared: bool
+    rss: int = 0  # bytes resident
+    anonymous: int = 0  # bytes of private pages written since mapped (copy-on-write copies)
+
+    @property
+    def clean(self) -> bool:
+        """Dropping it loses nothing: a shared mapping's writes are in the page cache, and a private
+        one holds no copy-on-write page (every resident page is the file's)."""
+        return self.shared or self.anonymous == 0
+
+
+def mappings(files: Iterable[Path]) -> list[Mapping]:
+    """This process's mappings of ``files`` (matched by device and inode, so a hard link of a file
+    is the same file)."""
     ids = set()
     for f in files:
         st = os.stat(f)
         ids.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
-    ranges = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or fields[1][1] == "w":
-            continue
-        major, minor = (int(x, 16) for x in fields[3].split(":"))
-        if (major, minor, int(fields[4])) in ids:
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            ranges.append((start, end))
-    return ranges
+    found: list[Mapping] = []
+    current: Mapping | None = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if _HEADER.match(line):
+            current = None
+            major, minor = (int(x, 16) for x in fields[3].split(":"))
+            if (major, minor, int(fields[4])) in ids:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                current = Mapping(start, end, shared=fields[1][3] == "s")
+                found.append(current)
+        elif current is not None and fields[0] in _COUNTED:
+            field = _COUNTED[fields[0]]
+            setattr(current, field, getattr(current, field) + int(fields[1]) * 1024)
+    return found
 
 
 def _libc() -> ctypes.CDLL:
@@ -67,14 +97,16 @@ def _libc() -> ctypes.CDLL:
 
 
 def drop_mapped(files: Iterable[Path]) -> int:
-    """Advise the kernel that the read-only mappings of ``files`` are not needed now; returns the
-    bytes of address space advised."""
+    """Advise the kernel that the clean mappings of ``files`` are not needed now; returns the bytes
+    of address space advised."""
     libc, advised = _libc(), 0
-    for start, end in read_only_mappings(files):
-        if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
-            advised += end - start
+    for m in mappings(files):
+        if not m.clean or not m.rss:
+            continue
+        if libc.madvise(m.start, m.end - m.start, _MADV_DONTNEED) == 0:
+            advised += m.end - m.start
         else:
-            log.debug("madvise(%#x, %d) failed: %s", start, end - start, os.strerror(ctypes.get_errno()))
+            log.debug("madvise(%#x, %d) failed: %s", m.start, m.end - m.start, os.strerror(ctypes.get_errno()))
     return advised
 
 

@@ -1,5 +1,6 @@
-"""Dropping the read-only mappings of a file: RSS falls, the bytes read back the same, writable
-mappings are left alone, and the watcher keeps a mapped file under its budget."""
+"""Dropping the clean mappings of a file: RSS falls, the bytes read back the same, a mapping that
+was written is left alone (shared or copy-on-write), and the watcher keeps a mapped file under its
+budget."""
 
 from __future__ import annotations
 
@@ -7,22 +8,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from pipeline.residency import POLL_S, bounded_residency, drop_mapped, file_rss_bytes, read_only_mappings
+from pipeline.residency import POLL_S, bounded_residency, drop_mapped, file_rss_bytes, mappings
 
 MB = 1 << 20
 
 
 def _mapped_rss(f: Path) -> int:
-    """Resident bytes of this process's mappings of ``f`` (from /proc/self/smaps)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-            inside = len(fields) >= 6 and fields[5] == str(f)
-        elif inside and fields[0] == "Rss:":
-            total += int(fields[1]) * 1024
-    return total
+    return sum(m.rss for m in mappings([f]))
 
 
 def _weights(tmp_path: Path, name: str) -> tuple[Path, np.ndarray]:
@@ -32,20 +26,29 @@ def _weights(tmp_path: Path, name: str) -> tuple[Path, np.ndarray]:
     return f, data
 
 
-def test_a_dropped_read_only_mapping_leaves_rss_and_reads_back_the_same(tmp_path):
+@pytest.mark.parametrize("mode", ["r", "c"])  # read-only; private writable, as ONNX Runtime maps weights
+def test_a_dropped_clean_mapping_leaves_rss_and_reads_back_the_same(tmp_path, mode):
     f, data = _weights(tmp_path, "w.data")
-    mapped = np.memmap(f, dtype=np.float32, mode="r")
+    mapped = np.memmap(f, dtype=np.float32, mode=mode)
     assert float(mapped.sum()) == float(data.sum())  # every page touched
-    assert _mapped_rss(f) >= 15 * MB and read_only_mappings([f])
+    assert _mapped_rss(f) >= 15 * MB and all(m.clean for m in mappings([f]))
     assert drop_mapped([f]) >= 16 * MB
     assert _mapped_rss(f) < MB
     np.testing.assert_array_equal(mapped, data)  # faulted back from the file
 
-    g, _ = _weights(tmp_path, "rw.data")
-    writable = np.memmap(g, dtype=np.float32, mode="r+")
-    writable[:] += 1  # a written page must never be dropped
-    assert not read_only_mappings([g]) and drop_mapped([g]) == 0
-    np.testing.assert_array_equal(writable[:3], [1, 2, 3])
+
+def test_a_written_private_mapping_is_never_dropped_and_a_shared_one_keeps_its_writes(tmp_path):
+    g, _ = _weights(tmp_path, "cow.data")
+    private = np.memmap(g, dtype=np.float32, mode="c")
+    private[:3] += 1  # a copy-on-write page: dropping it would lose the write
+    assert not any(m.clean for m in mappings([g])) and drop_mapped([g]) == 0
+    np.testing.assert_array_equal(private[:4], [1, 2, 3, 3])
+
+    h, _ = _weights(tmp_path, "shared.data")
+    shared = np.memmap(h, dtype=np.float32, mode="r+")
+    shared[:3] += 1  # in the page cache: faults back with the write
+    assert drop_mapped([h]) > 0
+    np.testing.assert_array_equal(shared[:4], [1, 2, 3, 3])
 
 
 def test_the_watcher_keeps_a_mapped_file_near_its_budget(tmp_path):
