@@ -1,6 +1,6 @@
-"""Dropping the clean mappings of a file: RSS falls, the bytes read back the same, a mapping that
-was written is left alone (shared or copy-on-write), and the watcher keeps a mapped file under its
-budget."""
+"""Dropping the clean mappings of a file: RSS falls, the bytes read back the same, a private
+mapping that was written (copy-on-write) is left alone, a shared one keeps its writes, and the
+watcher keeps a mapped file under its budget."""
 
 from __future__ import annotations
 
