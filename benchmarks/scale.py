@@ -175,14 +175,33 @@ def _bench_schedule(runtimes: list[str], artifacts: tuple[str, ...], rounds: int
     return schedule
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants: a runtime may do its work in a worker process of its own
+    (DeepSparse runs in its venv's child), whose memory is the stage's too."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return tree
+
+
 def _memory(pid: int) -> tuple[int, int]:
-    """(anonymous, file-backed) resident kB of a process, 0s once it is gone."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    except OSError:
-        return 0, 0
-    kb = lambda key: int(fields.get(key, "0 kB").split()[0])  # noqa: E731
-    return kb("RssAnon"), kb("RssFile") + kb("RssShmem")
+    """(anonymous, file-backed) resident kB of a process and its descendants, 0s once they are gone."""
+    anon = file = 0
+    for member in _process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in lines if ":" in line)
+        kb = lambda key: int(fields.get(key, "0 kB").split()[0])  # noqa: E731
+        anon, file = anon + kb("RssAnon"), file + kb("RssFile") + kb("RssShmem")
+    return anon, file
 
 
 def _peak_file(work: Path, stage: str) -> Path:
