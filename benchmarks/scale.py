@@ -291,7 +291,8 @@ def markdown(data: dict[str, Any]) -> str:
     if data["latency"]:
         lines += [f"Latency at full depth, batch 1: decode = 1 token after {BENCH_PAST}, prefill = {BENCH_SEQ} "
                   f"tokens; median (p10-p90) of {BENCH_REPETITIONS} runs after 1 warm-up per round, "
-                  f"{data['recipe']['rounds']} round(s); each artifact in its own process per round, so only one "
+                  f"{_rounds_measured(data['latency'])} of the recipe's {data['recipe']['rounds']} round(s) measured; "
+                  "each artifact in its own process per round, so only one "
                   "is resident. Peak RSS: that process's, the most over rounds.", "",
                   "| runtime | artifact | decode (ms) | prefill (ms) | peak RSS (GB) |", "|---|---|---|---|---|"]
         for runtime, artifacts in data["latency"].items():
@@ -316,6 +317,12 @@ def markdown(data: dict[str, Any]) -> str:
     lines += _extrapolation_lines(data["extrapolated"], data["latency"])
     lines += [f"Artifact storage: {data['artifact_storage']}", ""]
     return "\n".join(lines)
+
+
+def _rounds_measured(latency: dict[str, Any]) -> int:
+    """Rounds with a measurement (a run stopped part-way reports what it has, and says so)."""
+    return max(len(flavour["round_medians_ms"]) for artifacts in latency.values() for entry in artifacts.values()
+               for flavour in entry.values())
 
 
 def _extrapolation_lines(ex: dict[str, Any], latency: dict[str, Any]) -> list[str]:
