@@ -62,6 +62,7 @@ from benchmarks.proxies import PROXIES, Variant, proxy_batches
 from benchmarks.proxy_checkpoint import proxy_checkpoint
 from pipeline.environment import describe
 from pipeline.errors import SparseDeployError
+from pipeline.residency import status_kb
 from pipeline.shards import INDEX
 
 log = logging.getLogger(__name__)
@@ -195,12 +196,10 @@ def _memory(pid: int) -> tuple[int, int]:
     anon = file = 0
     for member in _process_tree(pid):
         try:
-            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+            kb = status_kb(member)
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in lines if ":" in line)
-        kb = lambda key: int(fields.get(key, "0 kB").split()[0])  # noqa: E731
-        anon, file = anon + kb("RssAnon"), file + kb("RssFile") + kb("RssShmem")
+        anon, file = anon + kb.get("RssAnon", 0), file + kb.get("RssFile", 0) + kb.get("RssShmem", 0)
     return anon, file
 
 
@@ -213,8 +212,7 @@ def _record_peak(work: Path, stage: str) -> None:
     larger (a runtime's worker process)."""
     import resource
 
-    status = Path("/proc/self/status").read_text()
-    own = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    own = status_kb()["VmHWM"]
     out = _peak_file(work, stage)
     out.parent.mkdir(exist_ok=True)
     out.write_text(str(max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))

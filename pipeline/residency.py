@@ -40,12 +40,16 @@ _HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ [-rwxps]{4} [0-9a-f]+ [0-9a-f]+:[0-9
 _COUNTED = {"Rss:": "rss", "Anonymous:": "anonymous"}  # smaps fields read, per mapping
 
 
+def status_kb(pid: int | str = "self") -> dict[str, int]:
+    """The kB fields of ``/proc/PID/status`` (``VmHWM``, ``RssAnon``, ``RssFile``, ...); raises
+    ``OSError`` once the process is gone."""
+    fields = (line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {key: int(value.split()[0]) for key, value in fields if value.strip().endswith(" kB")}
+
+
 def file_rss_bytes() -> int:
     """This process's resident file-backed memory (``RssFile`` of ``/proc/self/status``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return status_kb().get("RssFile", 0) * 1024
 
 
 @dataclass
