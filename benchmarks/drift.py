@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from export.artifact import read_manifest
+from export.ort_session import session
 from runtime.bench import BenchSettings, _feeds, round_ratios
 from benchmarks.output import write_results
 from benchmarks.proxies import Variant, artifact_for, build_proxy, variant_artifact
 from pipeline.environment import describe
-from runtime.onnxruntime_runner import session, time_runs
+from runtime.onnxruntime_runner import time_runs
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"

@@ -17,11 +17,11 @@ import torch
 from transformers import PreTrainedModel
 
 from export.graphs import CausalLMDecode, CausalLMPrefill, EncoderGraph, KVGeometry, decode_inputs, table_rotary
+from export.ort_session import run, session
 from pipeline.architectures import spec_for
 from pipeline.data import evaluation_windows
 from pipeline.evaluate import EVAL_SOURCE, window_nll
 from pipeline.residency import bounded_residency
-from runtime.onnxruntime_runner import run, session
 
 
 # The perplexity parity check's defaults (export API, CLI, recipes): a few windows, enough to

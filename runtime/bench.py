@@ -38,12 +38,13 @@ from transformers import AutoConfig
 
 from export.artifact import read_manifest
 from export.graphs import KVGeometry, decode_inputs
+from export.ort_session import session
 from pipeline.architectures import block_index, spec_for_type
 from pipeline.environment import describe
 from pipeline.atomic import check_directory_path
 from pipeline.errors import SparseDeployError, first_line
 from runtime import deepsparse_runner, openvino_runner
-from runtime.onnxruntime_runner import quantize_weights_int8, session, time_runs
+from runtime.onnxruntime_runner import quantize_weights_int8, time_runs
 
 log = logging.getLogger(__name__)
 

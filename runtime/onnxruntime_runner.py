@@ -1,9 +1,5 @@
-"""ONNX Runtime, in the main venv.
-
-Threads are explicit. Spinning is off by default: ORT's idle worker threads otherwise keep
-burning the cores for a while after each run, which steals time from whatever runs next
-(DeepSparse in an alternating benchmark, or the next repetition's timer).
-"""
+"""ONNX Runtime, in the main venv: timing and int8 conversion over the session that the
+export layer checks its graphs in (``export.ort_session``: one session for both)."""
 
 from __future__ import annotations
 
@@ -14,26 +10,7 @@ from typing import Mapping
 import numpy as np
 import onnxruntime as ort
 
-
-def session(path: str | Path, threads: int | None = None, spinning: bool = False,
-            prepack: bool = True) -> ort.InferenceSession:
-    """``prepack=False``: MatMul weights are used where they lie (external data is memory-mapped)
-    instead of copied into MLAS's packed layout, which holds a second copy of every weight on the
-    heap: slower, but what a model larger than memory needs for a check on a few tokens."""
-    options = ort.SessionOptions()
-    if not prepack:
-        options.add_session_config_entry("session.disable_prepacking", "1")
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    names = {i.name for i in sess.get_inputs()}
-    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+from export.ort_session import run
 
 
 def time_runs(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], warmup: int, repetitions: int) -> list[float]:

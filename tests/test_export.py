@@ -11,12 +11,12 @@ from onnx import numpy_helper
 from export.artifact import MANIFEST, export_artifact, sha256
 from export.graphs import KVGeometry, decode_inputs
 from export.metadata import read_metadata
+from export.ort_session import run, session
 from export.parity import Tolerance
 from pipeline.app.cli import main
 from pipeline.errors import SparseDeployError
 from pipeline.models import load_model
 from runtime import deepsparse_runner
-from runtime.onnxruntime_runner import run, session
 
 needs_deepsparse = pytest.mark.skipif(not deepsparse_runner.available(), reason="no .venv-deepsparse")
 

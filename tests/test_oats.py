@@ -10,6 +10,7 @@ import torch
 
 from export.artifact import MANIFEST, export_artifact
 from export.graphs import KVGeometry, decode_inputs
+from export.ort_session import run, session
 from pipeline.app.cli import main
 from pipeline.errors import SparseDeployError
 from pipeline.factorized import SparseLowRankLinear
@@ -20,7 +21,6 @@ from pipeline.pruners.oats import LowRankSolver, OATSPruner, budget, decompose
 from pipeline.pruners.wanda import WandaPruner
 from pipeline.sparsity_report import sparsity_report
 from runtime import deepsparse_runner
-from runtime.onnxruntime_runner import run, session
 from tests.conftest import outlier_inputs, stats_of
 
 needs_deepsparse = pytest.mark.skipif(not deepsparse_runner.available(), reason="no .venv-deepsparse")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from export.artifact import export_artifact
+from export.ort_session import run as ort_run
+from export.ort_session import session
 from pipeline.app.cli import main
 from runtime import openvino_runner
-from runtime.onnxruntime_runner import run as ort_run
-from runtime.onnxruntime_runner import session
 
 ATOL = 1e-4
 PATHS = [isa for isa in openvino_runner.ISAS if openvino_runner.isa_supported(isa)]

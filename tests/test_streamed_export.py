@@ -14,6 +14,7 @@ import torch
 
 from export.artifact import MANIFEST, export_artifact
 from export.parity import Reference
+from export.ort_session import run, session
 from export.streamed import ExternalData, check_room
 from export.verify import verify_artifact
 from pipeline.data import token_batches
@@ -21,7 +22,6 @@ from pipeline.errors import SparseDeployError
 from pipeline.models import load_streamed
 from pipeline.prune import CalibrationConfig, build_record, prune_model, save_pruned
 from pipeline.pruners import build_pruner
-from runtime.onnxruntime_runner import run, session
 from tests.test_shards import write_sharded
 from tests.test_streaming import CONFIG as STREAMING_CONFIG
 
