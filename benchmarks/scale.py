@@ -36,6 +36,7 @@ not load the tokenizer's model). Each stage's measurement is kept in the work di
     .venv/bin/python -m benchmarks.scale --recipe recipes/proxies/llama7b-full-owl-wanda-70.yaml
     # ~1 h on 2 cores; ~55-80 GB of disk under the cache
     # --blocks 2: the same stages on 2 blocks (minutes), written beside as OUT_2blocks.{json,md}
+    # --render: the committed report again, with the extrapolation of a proxy run made after it
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ def _extrapolation_lines(ex: dict[str, Any], latency: dict[str, Any]) -> list[st
     cpu = "the same CPU" if ex["same_cpu"] else f"**another CPU ({ex['cpu']}): its figures do not compare with these**"
     lines = [f"## Full depth vs the {ex['blocks']}-block extrapolation", "",
              f"From [`{ex['source']}`]({os.path.relpath(ROOT / ex['source'], ROOT / 'benchmarks' / 'results')}) "
-             f"(`{ex['recipe']}`, measured {ex['measured']} on {cpu}): extrapolated = head-only + {ex['depth']} x "
+             f"(`{ex['recipe']}`, a separate run, measured {ex['measured']} on {cpu}): extrapolated = head-only + {ex['depth']} x "
              "block, block = (proxy - head-only) / blocks, an estimate (benchmarks/proxies.py); error = extrapolated "
              "/ measured - 1.", "",
              "| runtime | artifact | graph | head-only (ms) | block (ms) | extrapolated (ms) | measured (ms) | error |",
@@ -370,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=None,
                         help="comma-separated stages to run (default: all; the others' last measurements are "
                              "reported; '' only rewrites the report)")
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite the committed report with the extrapolation of the proxy run now in "
+                             "benchmarks/results, measuring nothing (a full-depth run's work directory, 55-80 GB, "
+                             "is deleted after it; the proxy run may come later)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     recipe = ScaleRecipe.load(args.recipe)
@@ -377,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage:
         _stage(args.stage, args.work, blocks, recipe)
         _record_peak(args.work, args.stage)
+        return 0
+    out = recipe.out if blocks == PROXIES[recipe.proxy][1] else recipe.out.with_name(f"{recipe.out.name}_{blocks}blocks")
+    if args.render:
+        render(recipe, out)
         return 0
     from pipeline.models import cache_dir
 
@@ -412,10 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     disk |= {name: tree_gb(work / name) for name in ("pruned", *ARTIFACT_DIRS.values()) if (work / name).is_dir()}
     disk_file.write_text(json.dumps(disk) + "\n")
     data = _report(recipe, args.recipe, blocks, work, stages, disk)
-    depth = PROXIES[recipe.proxy][1]
-    write_results(recipe.out if blocks == depth else recipe.out.with_name(f"{recipe.out.name}_{blocks}blocks"), data,
-                  markdown(data))
+    write_results(out, data, markdown(data))
     return 0
+
+
+def render(recipe: ScaleRecipe, out: Path) -> None:
+    """``out``.{json,md} again from the committed JSON, its extrapolation recomputed from the proxy
+    run's report as it stands now (the full-depth figures are kept as measured)."""
+    committed = out.with_suffix(".json")
+    if not committed.is_file():
+        raise SystemExit(f"no {committed} to render: run the recipe first")
+    data = json.loads(committed.read_text())
+    data["extrapolated"] = _extrapolation(recipe, data["latency"])
+    write_results(out, data, markdown(data))
 
 
 def _pooled_latency(work: Path, recipe: ScaleRecipe) -> dict[str, dict[str, Any]]:
