@@ -73,6 +73,7 @@ RECIPE = ROOT / "recipes" / "proxies" / "llama7b-full-owl-wanda-70.yaml"
 BENCH_PAST, BENCH_SEQ, BENCH_REPETITIONS = 127, 128, 5  # the proxies' decode and prefill sizes; few runs: ~1 s each
 BASE_STAGES = ("checkpoint", "load", "prune")
 ARTIFACT_DIRS = {"pruned": "artifact", "dense": "artifact-dense"}
+STAGE_OUTPUTS = {"prune": "pruned", "export": ARTIFACT_DIRS["pruned"], "export-dense": ARTIFACT_DIRS["dense"]}
 
 
 @dataclass(frozen=True)
@@ -167,14 +168,18 @@ def _bench(runtime: str, work: Path, artifact: str, round_: int) -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _bench_schedule(runtimes: list[str], artifacts: tuple[str, ...], rounds: int) -> list[str]:
-    """Child stages ``bench-RUNTIME:ARTIFACT:ROUND``: every (runtime, artifact) once per round, in
-    reversed order every other round (the machine drifts; see docs/export.md)."""
-    schedule = []
-    for round_ in range(rounds):
-        cells = [(r, a) for r in runtimes for a in artifacts]
-        schedule += [f"bench-{r}:{a}:{round_}" for r, a in (reversed(cells) if round_ % 2 else cells)]
-    return schedule
+def _bench_cells(recipe: ScaleRecipe, asked: list[str] | None) -> list[tuple[str, str]]:
+    """(runtime, artifact) pairs to time: all of the recipe's, or those ``--stages`` names as
+    ``bench-RUNTIME`` (every artifact) or ``bench-RUNTIME:ARTIFACT`` (one)."""
+    return [(r, a) for r in recipe.runtimes for a in recipe.artifacts
+            if asked is None or f"bench-{r}" in asked or f"bench-{r}:{a}" in asked]
+
+
+def _bench_schedule(cells: list[tuple[str, str]], rounds: int) -> list[str]:
+    """Child stages ``bench-RUNTIME:ARTIFACT:ROUND``: every cell once per round, in reversed order
+    every other round (the machine drifts; see docs/export.md)."""
+    return [f"bench-{r}:{a}:{round_}" for round_ in range(rounds)
+            for r, a in (reversed(cells) if round_ % 2 else cells)]
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -192,16 +197,28 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _memory(pid: int) -> tuple[int, int]:
-    """(anonymous, file-backed) resident kB of a process and its descendants, 0s once they are gone."""
-    anon = file = 0
+def _memory(pid: int) -> dict[str, int]:
+    """Resident anonymous and file-backed kB of a process and its descendants, and their kB swapped
+    out (``VmSwap``: nonzero only on a machine with swap); 0s once they are gone."""
+    total = {"anon": 0, "file": 0, "swap": 0}
     for member in _process_tree(pid):
         try:
             kb = status_kb(member)
         except OSError:
             continue
-        anon, file = anon + kb.get("RssAnon", 0), file + kb.get("RssFile", 0) + kb.get("RssShmem", 0)
-    return anon, file
+        total["anon"] += kb.get("RssAnon", 0)
+        total["file"] += kb.get("RssFile", 0) + kb.get("RssShmem", 0)
+        total["swap"] += kb.get("VmSwap", 0)
+    return total
+
+
+def _swap_total_gb() -> float:
+    """The machine's swap space (``SwapTotal`` of /proc/meminfo): a stage measured with swap is
+    labelled so, its latency is not a swap-less machine's."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("SwapTotal:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return 0.0
 
 
 def _peak_file(work: Path, stage: str) -> Path:
@@ -225,13 +242,13 @@ def _run_child(stage: str, work: Path, blocks: int, recipe: Path) -> dict[str, f
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--stage", stage, "--work", str(work),
                               "--blocks", str(blocks), "--recipe", str(recipe)])
-    peaks = {"anon": 0, "file": 0}
+    peaks = {"anon": 0, "file": 0, "swap": 0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.2):
-            anon, file = _memory(child.pid)
-            peaks["anon"], peaks["file"] = max(peaks["anon"], anon), max(peaks["file"], file)
+            for part, kb in _memory(child.pid).items():
+                peaks[part] = max(peaks[part], kb)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -239,7 +256,9 @@ def _run_child(stage: str, work: Path, blocks: int, recipe: Path) -> dict[str, f
     done.set()
     sampler.join()
     sampled = {"peak_anon_gb": peaks["anon"] * 1024 / 1e9, "peak_file_gb": peaks["file"] * 1024 / 1e9,
-               "wall_s": time.perf_counter() - start}
+               "wall_s": time.perf_counter() - start, "ended": time.strftime("%Y-%m-%d %H:%M")}
+    if swap_total := _swap_total_gb():
+        sampled |= {"swap_total_gb": swap_total, "peak_swap_gb": peaks["swap"] * 1024 / 1e9}
     if child.returncode:
         error = ("killed (SIGKILL: the kernel's out-of-memory killer, most likely)" if child.returncode == -9
                  else f"exit {child.returncode}")
@@ -306,6 +325,13 @@ def markdown(data: dict[str, Any]) -> str:
                 lines.append(f"- {runtime} could not time the {artifact} artifact: {f['error']} (sampled before it "
                              f"ended: anonymous {f['sampled_anonymous_gb']:.2f} GB, file-backed "
                              f"{f['sampled_file_backed_gb']:.2f} GB)")
+        for runtime, artifacts in data.get("bench_swap_gb", {}).items():
+            for artifact, swap in artifacts.items():
+                faults = [f"{flavour} {v['timed_major_faults']}" for flavour, v in
+                          data["latency"].get(runtime, {}).get(artifact, {}).items() if "timed_major_faults" in v]
+                lines.append(f"- {runtime} {artifact}: measured (last round ended {swap['ended']}) with "
+                             f"{swap['swap_total_gb']:.1f} GB of swap on the machine; up to {swap['peak_swap_gb']:.2f} GB of its memory was swapped out; page faults "
+                             f"read from disk during its timed runs: {', '.join(faults) or 'not counted'}")
         for flavour, entry in data["speedups"].items():
             parts = [f"{r} {v['vs_fastest_dense']:.2f}x" + (f" (own dense {v['vs_own_dense']:.2f}x)"
                                                               if v["vs_own_dense"] else "")
@@ -370,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                              "written to OUT_<blocks>blocks)")
     parser.add_argument("--stages", default=None,
                         help="comma-separated stages to run (default: all; the others' last measurements are "
-                             "reported; '' only rewrites the report)")
+                             "reported; bench-RUNTIME:ARTIFACT times one artifact; '' only rewrites the report)")
     parser.add_argument("--render", action="store_true",
                         help="rewrite the committed report with the extrapolation of the proxy run now in "
                              "benchmarks/results, measuring nothing (a full-depth run's work directory, 55-80 GB, "
@@ -395,15 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.save(proxy_batches(vocab, recipe.samples, recipe.seq_len), work / "batches.pt")
     measured_file = work / "stages.json"
     stages: dict[str, dict[str, float]] = json.loads(measured_file.read_text()) if measured_file.is_file() else {}
-    wanted = recipe.stages if args.stages is None else [s for s in recipe.stages if s in args.stages.split(",")]
+    asked = None if args.stages is None else args.stages.split(",")
+    wanted = [s for s in recipe.stages if not s.startswith("bench-") and (asked is None or s in asked)]
     checkpoint_dir = cache_dir() / "proxies" / f"{recipe.proxy}-{blocks}blocks-sharded-seed0"
     disk_file = work / "disk.json"
     disk = json.loads(disk_file.read_text()) if disk_file.is_file() else {}
     if (checkpoint_dir / INDEX).is_file():
         disk["checkpoint"] = tree_gb(checkpoint_dir)
-    benched = [stage.removeprefix("bench-") for stage in wanted if stage.startswith("bench-")]
-    wanted = [stage for stage in wanted if not stage.startswith("bench-")]
-    wanted += _bench_schedule(benched, recipe.artifacts, recipe.rounds)
+    wanted += _bench_schedule(_bench_cells(recipe, asked), recipe.rounds)
     for stage in wanted:
         if stage != "checkpoint" and not (work / "source.txt").is_file():
             raise SystemExit("run the checkpoint stage first")
@@ -418,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "checkpoint":
             disk["checkpoint"] = tree_gb(checkpoint_dir)
         measured_file.write_text(json.dumps(stages, indent=2) + "\n")
-    disk |= {name: tree_gb(work / name) for name in ("pruned", *ARTIFACT_DIRS.values()) if (work / name).is_dir()}
+    # what this invocation wrote; the others' sizes stay as measured (their directories may be gone)
+    disk |= {name: tree_gb(work / name) for stage, name in STAGE_OUTPUTS.items() if stage in wanted}
     disk_file.write_text(json.dumps(disk) + "\n")
     data = _report(recipe, args.recipe, blocks, work, stages, disk)
     write_results(out, data, markdown(data))
@@ -452,6 +478,8 @@ def _pooled_latency(work: Path, recipe: ScaleRecipe) -> dict[str, dict[str, Any]
                 runs = [r[flavour] for r in rounds]
                 stats = summarize([t for r in runs for t in r["times_s"]])
                 info = {k: v for k, v in runs[0].items() if k != "times_s"}
+                if all("timed_major_faults" in r for r in runs):  # every round's, not the first's
+                    info["timed_major_faults"] = sum(r["timed_major_faults"] for r in runs)
                 entry[flavour] = {**{k: stats[k] for k in ("median_ms", "p10_ms", "p90_ms", "n")},
                                   "round_medians_ms": [summarize(r["times_s"])["median_ms"] for r in runs], **info}
     return latency
@@ -544,6 +572,7 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
     record = json.loads((work / "pruned" / "prune_record.json").read_text())
     bench_rss: dict[str, dict[str, float]] = {}
     failed: dict[str, dict[str, dict[str, Any]]] = {}
+    swapped: dict[str, dict[str, dict[str, float]]] = {}
     for stage, measured in stages.items():
         if stage.startswith("bench-") and stage.count(":") == 2:
             runtime, artifact, _ = stage.removeprefix("bench-").split(":")
@@ -554,6 +583,11 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
                 continue
             kept = bench_rss.setdefault(runtime, {})
             kept[artifact] = max(kept.get(artifact, 0.0), measured["peak_rss_gb"])
+            if "swap_total_gb" in measured:  # measured on a machine with swap: said beside its latency
+                seen = swapped.setdefault(runtime, {}).setdefault(artifact, {"swap_total_gb": 0.0, "peak_swap_gb": 0.0,
+                                                                              "ended": ""})
+                for key in seen:
+                    seen[key] = max(seen[key], measured[key])
     latency = _pooled_latency(work, recipe)
     return {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "blocks": blocks,
             "recipe": {"file": _shown(recipe_file),
@@ -570,6 +604,7 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
             "block_sparsity": record["recipe"]["block_sparsity"],
             "bench_rss_gb": bench_rss,
             "bench_failed": failed,
+            "bench_swap_gb": swapped,
             "latency": latency,
             "speedups": _speedups(latency),
             "extrapolated": _extrapolation(recipe, latency),

@@ -141,7 +141,7 @@ def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
         return times, ({"sparse_ops": ops.as_dict()} if runtime == "openvino-sparse" else {})
     result = deepsparse_runner.run_deepsparse(graph, feeds, num_cores=s.threads, warmup=s.warmup,
                                               repetitions=s.repetitions)
-    return result.times_s, {"compile_s": result.compile_s,
+    return result.times_s, {"compile_s": result.compile_s, "timed_major_faults": result.timed_major_faults,
                             "fraction_of_supported_ops": result.fraction_of_supported_ops,
                             "deepsparse": result.versions}
 

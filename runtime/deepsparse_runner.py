@@ -42,6 +42,7 @@ class DeepSparseResult:
     fraction_of_supported_ops: float
     num_cores: int
     versions: dict[str, str]
+    timed_major_faults: int = 0  # page faults that read from disk during the timed runs
     outputs: list[np.ndarray] | None = None
 
 
@@ -54,15 +55,19 @@ def _crash_message(proc: subprocess.CompletedProcess) -> str:
 
 
 def _private_copy(model: Path, work: str) -> Path:
-    """Copy the graph (and its external-data files) into the work directory. DeepSparse's
-    ``Engine(..., input_shapes=...)`` rewrites the ONNX file it is given with fixed input
-    shapes, in place: compiling an artifact's own file would change it (its sha256 and its
-    dynamic axes) behind the manifest's back."""
+    """The graph in the work directory, its external-data files linked beside it. DeepSparse's
+    ``Engine(..., input_shapes=...)`` rewrites the ONNX file it is given with fixed input shapes,
+    in place: compiling an artifact's own file would change it (its sha256 and its dynamic axes)
+    behind the manifest's back. It rewrites the graph alone (the weights stay external, unread), so
+    the data files are symlinked, not copied: a 7B artifact's 15-27 GB need no second copy on disk."""
     target = Path(work, "graph")
     target.mkdir()
     for f in model.parent.iterdir():
         if f.is_file() and f.name.startswith(model.name):  # model.onnx, model.onnx.data
-            shutil.copy2(f, target / f.name)
+            if f.name == model.name:
+                shutil.copy2(f, target / f.name)
+            else:
+                (target / f.name).symlink_to(f.resolve())
     return target / model.name
 
 

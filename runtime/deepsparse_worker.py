@@ -6,7 +6,7 @@ runs in the pipeline's own process. Protocol, all files in one work directory:
 
     request.json   {"model", "num_cores", "warmup", "repetitions", "outputs": bool}
     inputs.npz     the feeds, in the graph's input order (arr_0, arr_1, ...)
-    response.json  {"compile_s", "times_s", "fraction_of_supported_ops", "versions"}
+    response.json  {"compile_s", "times_s", "timed_major_faults", "fraction_of_supported_ops", "versions"}
     outputs.npz    the outputs of one run (when asked for)
 
     .venv-deepsparse/bin/python runtime/deepsparse_worker.py WORKDIR
@@ -14,6 +14,7 @@ runs in the pipeline's own process. Protocol, all files in one work directory:
 
 import json
 import os
+import resource
 import sys
 import time
 
@@ -38,16 +39,20 @@ def main(workdir: str) -> int:
     for _ in range(request.get("warmup", 0)):
         outputs = engine.run(feeds)
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
     for _ in range(request.get("repetitions", 0)):
         t = time.perf_counter()
         outputs = engine.run(feeds)
         times.append(time.perf_counter() - t)
+    # pages read back from disk while timing (swap, evicted weights): nonzero means the times include I/O
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults
     if request.get("outputs"):
         outputs = outputs if outputs is not None else engine.run(feeds)
         np.savez(os.path.join(workdir, "outputs.npz"), *outputs)
     response = {
         "compile_s": compile_s,
         "times_s": times,
+        "timed_major_faults": faults,
         "fraction_of_supported_ops": float(engine.fraction_of_supported_ops),
         "num_cores": engine.num_cores,
         "versions": {"deepsparse": deepsparse.__version__, "numpy": np.__version__},
