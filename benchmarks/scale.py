@@ -285,9 +285,19 @@ def _gb(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def _depth(data: dict[str, Any]) -> str:
+    """'full depth', or 'N blocks' for a shorter comparison run (``--blocks``)."""
+    full = data["blocks"] == PROXIES[data["recipe"]["proxy"]][1]
+    return "full depth" if full else f"{data['blocks']} blocks"
+
+
 def markdown(data: dict[str, Any]) -> str:
     env, recipe = data["environment"], data["recipe"]
-    lines = [f"# Full-depth {recipe['proxy']} geometry, streamed ({data['blocks']} blocks)", "",
+    depth = _depth(data)
+    title = (f"Full-depth {recipe['proxy']} geometry, streamed ({data['blocks']} blocks)" if depth == "full depth"
+             else f"{recipe['proxy']} geometry, streamed, {depth} of {PROXIES[recipe['proxy']][1]} (beside the "
+                  "full-depth run)")
+    lines = [f"# {title}", "",
              f"Measured {data['measured']} on {env['cpu']}, {env['cores']} cores, {data['memory_gib']:.1f} GiB; "
              f"torch {env['packages'].get('torch')}, openvino {env['packages'].get('openvino')}, onnxruntime "
              f"{env['packages'].get('onnxruntime')}. {recipe['variant']}, calibration {recipe['samples']} x "
@@ -307,7 +317,7 @@ def markdown(data: dict[str, Any]) -> str:
               f"Achieved sparsity of the blocks' Linear layers: {data['achieved_sparsity']:.4f}; OWL block sparsities "
               f"{min(data['block_sparsity']):.3f}-{max(data['block_sparsity']):.3f}.", ""]
     if data["latency"]:
-        lines += [f"Latency at full depth, batch 1: decode = 1 token after {BENCH_PAST}, prefill = {BENCH_SEQ} "
+        lines += [f"Latency at {depth}, batch 1: decode = 1 token after {BENCH_PAST}, prefill = {BENCH_SEQ} "
                   f"tokens; median (p10-p90) of {BENCH_REPETITIONS} runs after 1 warm-up per round, "
                   f"{_rounds_measured(data['latency'])} of the recipe's {data['recipe']['rounds']} round(s) measured; "
                   "each artifact in its own process per round, so only one "
@@ -339,7 +349,7 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"- {flavour}: pruned vs the fastest dense runtime ({entry['baseline_runtime']}, "
                          f"{entry['baseline_ms']:.1f} ms): {', '.join(parts)}")
         lines.append("")
-    lines += _extrapolation_lines(data["extrapolated"], data["latency"])
+    lines += _extrapolation_lines(data["extrapolated"], data["latency"], depth)
     lines += [f"Artifact storage: {data['artifact_storage']}", ""]
     return "\n".join(lines)
 
@@ -350,11 +360,11 @@ def _rounds_measured(latency: dict[str, Any]) -> int:
                for flavour in entry.values())
 
 
-def _extrapolation_lines(ex: dict[str, Any], latency: dict[str, Any]) -> list[str]:
+def _extrapolation_lines(ex: dict[str, Any], latency: dict[str, Any], depth: str = "full depth") -> list[str]:
     if not ex:
         return ["Not measured yet: the 2-block proxy's extrapolation of this configuration on this machine.", ""]
     cpu = "the same CPU" if ex["same_cpu"] else f"**another CPU ({ex['cpu']}): its figures do not compare with these**"
-    lines = [f"## Full depth vs the {ex['blocks']}-block extrapolation", "",
+    lines = [f"## {depth.capitalize()} vs the {ex['blocks']}-block extrapolation", "",
              f"From [`{ex['source']}`]({os.path.relpath(ROOT / ex['source'], ROOT / 'benchmarks' / 'results')}) "
              f"(`{ex['recipe']}`, a separate run, measured {ex['measured']} on {cpu}): extrapolated = head-only + {ex['depth']} x "
              "block, block = (proxy - head-only) / blocks, an estimate (benchmarks/proxies.py); error = extrapolated "
@@ -372,9 +382,9 @@ def _extrapolation_lines(ex: dict[str, Any], latency: dict[str, Any]) -> list[st
     dense_measured = any("dense" in e for e in latency.values())
     for flavour, v in ex["pruned_vs_extrapolated_dense"].items():
         parts = ", ".join(f"{r} {x:.2f}x" for r, x in v["pruned"].items())
-        lines.append(f"- {flavour}: pruned, measured at full depth, vs dense **extrapolated from its blocks** "
+        lines.append(f"- {flavour}: pruned, measured at {depth}, vs dense **extrapolated from its blocks** "
                      f"({v['baseline_runtime']}, the fastest dense runtime of the proxy run: "
-                     f"{v['dense_extrapolated_ms']:.1f} ms){'' if dense_measured else ' (no dense artifact fits here)'}: "
+                     f"{v['dense_extrapolated_ms']:.1f} ms){'' if dense_measured else ' (no dense artifact timed in this run)'}: "
                      f"{parts}")
     return [*lines, ""]
 
@@ -458,7 +468,7 @@ def render(recipe: ScaleRecipe, out: Path) -> None:
     if not committed.is_file():
         raise SystemExit(f"no {committed} to render: run the recipe first")
     data = json.loads(committed.read_text())
-    data["extrapolated"] = _extrapolation(recipe, data["latency"])
+    data["extrapolated"] = _extrapolation(recipe, data["latency"], data["blocks"])
     write_results(out, data, markdown(data))
 
 
@@ -512,11 +522,12 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-def _extrapolation(recipe: ScaleRecipe, latency: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _extrapolation(recipe: ScaleRecipe, latency: dict[str, dict[str, Any]], depth: int) -> dict[str, Any]:
     """The 2-block proxy's figures for this configuration (``recipe.extrapolate``: its recipe,
-    benchmarks/proxies.py), per runtime and graph: head-only, block, and head-only + depth x block
-    for dense and pruned, each next to what this run measured at full depth (``error``: the
-    extrapolation over the measurement, minus one). Empty until that run's report exists; a run on
+    benchmarks/proxies.py), per runtime and graph: head-only, block, and head-only + ``depth`` x block
+    for dense and pruned, each next to what this run measured at ``depth`` blocks (``error``: the
+    extrapolation over the measurement, minus one; a ``--blocks 2`` run is thus held to the proxy's
+    own 2 blocks, not to the 32-block figure). Empty until that run's report exists; a run on
     another CPU is kept but marked, as its ratios are not comparable with this one's."""
     if recipe.extrapolate is None:
         return {}
@@ -527,12 +538,12 @@ def _extrapolation(recipe: ScaleRecipe, latency: dict[str, dict[str, Any]]) -> d
                     recipe.extrapolate)
         return {}
     report = json.loads(report_file.read_text())
-    depth, label = PROXIES[recipe.proxy][1], recipe.variant.label
+    label = recipe.variant.label
     cells: dict[str, dict[str, Any]] = {}
     for entry in report["decomposition"]:
         if entry["variant"] != label:
             continue
-        total = entry[f"extrapolated_{depth}_blocks_ms"]
+        total = {key: entry["head_ms"] + depth * ms for key, ms in entry["block_ms"].items()}
         cell = cells.setdefault(entry["runtime"], {})
         for artifact, key in (("dense", "dense"), ("pruned", label)):
             measured = latency.get(entry["runtime"], {}).get(artifact, {}).get(entry["flavour"])
@@ -589,7 +600,9 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
                 for key in seen:
                     seen[key] = max(seen[key], measured[key])
     latency = _pooled_latency(work, recipe)
-    return {"measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(), "blocks": blocks,
+    ended = [v["ended"] for v in stages.values() if "ended" in v]  # a report rewritten later keeps the run's date
+    return {"measured": max(ended, default=time.strftime("%Y-%m-%d %H:%M")), "environment": describe(),
+            "blocks": blocks,
             "recipe": {"file": _shown(recipe_file),
                        "proxy": recipe.proxy, "variant": recipe.variant.describe(),
                        "samples": recipe.samples, "seq_len": recipe.seq_len, "rounds": recipe.rounds},
@@ -607,7 +620,7 @@ def _report(recipe: ScaleRecipe, recipe_file: Path, blocks: int, work: Path, sta
             "bench_swap_gb": swapped,
             "latency": latency,
             "speedups": _speedups(latency),
-            "extrapolated": _extrapolation(recipe, latency),
+            "extrapolated": _extrapolation(recipe, latency, blocks),
             "artifact_storage": ARTIFACT_STORAGE}
 
 

@@ -343,7 +343,7 @@ def test_a_full_depth_run_is_set_beside_the_2_block_extrapolation(tmp_path):
     speedups = _speedups(latency)["decode"]  # openvino-sparse's dense is OpenVINO's kernels: not a baseline
     assert speedups["baseline_runtime"] == "openvino" and speedups["pruned"]["openvino-sparse"] == {
         "vs_fastest_dense": pytest.approx(100 / 55), "vs_own_dense": pytest.approx(2.0)}
-    ex = _extrapolation(recipe, latency)
+    ex = _extrapolation(recipe, latency, 32)
     assert not ex["same_cpu"] and ex["depth"] == 32
     cell = ex["latency"]["openvino-sparse"]["pruned"]["decode"]
     assert cell["extrapolated_ms"] == pytest.approx(58.0) and cell["error"] == pytest.approx(58 / 55 - 1)
@@ -352,7 +352,10 @@ def test_a_full_depth_run_is_set_beside_the_2_block_extrapolation(tmp_path):
     assert vs["baseline_runtime"] == "openvino" and vs["pruned"]["openvino-sparse"] == pytest.approx(106 / 55)
     text = "\n".join(_extrapolation_lines(ex, latency))
     assert "another CPU" in text and "| openvino-sparse | pruned | decode | 10.0 | 1.50 | 58.0 | 55.0 | +5.5% |" in text
-    assert _extrapolation(ScaleRecipe("llama7b", recipe.variant, 8, 256, (), tmp_path, extrapolate=None), latency) == {}
+    short = _extrapolation(recipe, latency, 2)  # a --blocks 2 run is held to 2 blocks, not to 32
+    assert short["depth"] == 2 and short["latency"]["openvino-sparse"]["pruned"]["decode"]["extrapolated_ms"] == \
+        pytest.approx(13.0)
+    assert _extrapolation(ScaleRecipe("llama7b", recipe.variant, 8, 256, (), tmp_path, extrapolate=None), latency, 32) == {}
 
 
 def test_disk_use_counts_a_hard_linked_file_once(tmp_path):
