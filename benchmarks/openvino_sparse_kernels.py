@@ -106,21 +106,29 @@ def render(data: dict[str, Any]) -> str:
              "timed runs. Speedup = fastest dense cell's median / this median (range of per-round ratios in "
              "brackets). GB/s = weight bytes streamed (bytes per weight x weights) / median. Ceiling = the speedup "
              "at the fastest dense cell's bandwidth (4 / bytes per weight): what a one-row kernel that is bound by "
-             "memory could reach.", ""]
+             "memory could reach. Core-ns per chunk = median x cores / (weights / 16 x rows): the CPU time one "
+             "16-column chunk of one row of W costs per row of x; where it stays flat as the sparsity rises, the "
+             "kernel is bound by its work per chunk (instructions), not by the bytes it streams.", ""]
     for rows in ROWS:
         here = [c for c in data["cells"] if c["rows"] == rows]
         if not here:
             continue
         lines += [f"## {rows} row{'s' if rows > 1 else ''}", "",
-                  "| runtime | sparsity | median ms | p10-p90 ms | speedup vs fastest dense | bytes/weight | GB/s | ceiling |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| runtime | sparsity | median ms | p10-p90 ms | speedup vs fastest dense | bytes/weight | GB/s | ceiling "
+                  "| core-ns per chunk |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for c in here:
             lines.append(f"| {c['runtime']} | {c['sparsity']:.0%} | {c['median_ms']:.2f} | {c['p10_ms']:.2f}-"
                          f"{c['p90_ms']:.2f} | {c['speedup']:.2f}x{round_spread(c['round_speedups'])} | "
                          f"{_num(c['bytes_per_weight'], '.3f')} | {_num(c['gb_per_s'], '.1f')} | "
-                         f"{_num(c['ceiling'], '.2f', 'x')} |")
+                         f"{_num(c['ceiling'], '.2f', 'x')} | {core_ns_per_chunk(c, env['cores']):.2f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def core_ns_per_chunk(cell: dict[str, Any], cores: int) -> float:
+    """CPU nanoseconds per 16-column chunk of one row of W and one row of x (see render)."""
+    return cell["median_ms"] * 1e6 * cores / (WEIGHTS / 16 * cell["rows"])
 
 
 def _num(value: float | None, spec: str, suffix: str = "") -> str:

@@ -366,3 +366,24 @@ def test_disk_use_counts_a_hard_linked_file_once(tmp_path):
     os.link(tmp_path / "decode" / "model.onnx.data", tmp_path / "prefill" / "model.onnx.data")
     (tmp_path / "prefill" / "model.onnx").write_bytes(b"\0" * 1000)
     assert tree_gb(tmp_path) == pytest.approx(1_001_000 / 1e9)
+
+
+def test_the_kernel_sweep_reports_cpu_time_per_chunk():
+    """Core-ns per chunk: median x cores / (weights / 16 x rows); a cell twice as fast on the same
+    cores reads half, and 16 rows divide it by 16 (what shows a kernel bound by work per chunk)."""
+    from benchmarks.openvino_sparse_kernels import WEIGHTS, core_ns_per_chunk, derive, render
+
+    def cell(runtime, sparsity, rows, ms):
+        return {"rows": rows, "runtime": runtime, "sparsity": sparsity, "median_ms": ms, "p10_ms": ms,
+                "p90_ms": ms, "round_medians_ms": [ms]}
+
+    cells = [cell("openvino", 0.0, 1, 20.0), cell("openvino-sparse", 0.7, 1, 10.0), cell("openvino", 0.0, 16, 32.0)]
+    derive(cells)
+    per_chunk = 10.0 * 1e6 * 2 / (WEIGHTS / 16)
+    assert core_ns_per_chunk(cells[1], 2) == pytest.approx(per_chunk)
+    assert core_ns_per_chunk(cells[0], 2) == pytest.approx(2 * per_chunk)
+    assert core_ns_per_chunk(cells[2], 2) == pytest.approx(3.2 * per_chunk / 16)
+    text = render({"measured": "now", "environment": {"cpu": "x", "cores": 2, "isa": "avx2",
+                                                      "packages": {"onnxruntime": "1", "openvino": "2"}},
+                   "cells": cells})
+    assert f"| 2.00x | 1.325 | {WEIGHTS * 1.325 / 0.010 / 1e9:.1f} | 3.02x | {per_chunk:.2f} |" in text
