@@ -57,15 +57,20 @@ def bytes_per_weight(runtime: str, sparsity: float, values: str) -> float:
     return 0.125 + value_bytes * (1 - sparsity) if runtime == "openvino-sparse" else value_bytes
 
 
-def on_grid(src: Path, dst: Path) -> None:
-    """The graph with every MatMul weight (Wᵀ: K x N) on its per-output-channel int8 grid."""
+def on_grid(src: Path, dst: Path, min_sparsity: float = 0.0) -> int:
+    """The graph with every MatMul weight (Wᵀ: K x N) of at least ``min_sparsity`` zeros on its
+    per-output-channel int8 grid, stored dequantized (the pipeline's own rounding, as its quantize
+    step leaves a model); how many weights were moved (the tests use it too)."""
     model = onnx.load(str(src))
+    moved = 0
     for init in model.graph.initializer:
         wt = numpy_helper.to_array(init)
-        if wt.ndim == 2:
+        if wt.ndim == 2 and wt.dtype == np.float32 and np.mean(wt == 0) >= min_sparsity:
             grid = quantize_rtn(torch.from_numpy(np.ascontiguousarray(wt.T)), init.name).numpy().T
             init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(grid, dtype=np.float32), init.name))
+            moved += 1
     onnx.save(model, str(dst))
+    return moved
 
 
 def _graphs(rows: int, work: Path) -> dict[tuple[str, float, str], Path]:

@@ -131,24 +131,11 @@ def test_a_cpu_without_avx2_is_warned_about_the_scalar_path(llama_artifact, monk
 
 
 def _on_int8_grid(graph, out, min_sparsity=openvino_runner.MIN_SPARSITY):
-    """The graph with every weight of at least ``min_sparsity`` zeros moved onto its
-    per-output-channel int8 grid, stored dequantized (as the pipeline's quantize step leaves it);
-    how many were moved."""
-    import onnx
-    from onnx import numpy_helper
+    """The graph with every weight of at least ``min_sparsity`` zeros on its int8 grid (the
+    kernel sweep's helper: the pipeline's rounding); how many were moved."""
+    from benchmarks.int8_kernels import on_grid
 
-    model = onnx.load(str(graph))
-    quantized = 0
-    for init in model.graph.initializer:
-        wt = numpy_helper.to_array(init)  # Wᵀ: K x N, output channels along axis 1
-        if wt.ndim != 2 or wt.dtype != np.float32 or np.mean(wt == 0) < min_sparsity:
-            continue
-        scale = np.abs(wt).max(axis=0, keepdims=True) / 127
-        grid = (np.round(wt / np.where(scale > 0, scale, 1)) * scale).astype(np.float32)
-        init.CopyFrom(numpy_helper.from_array(grid, init.name))
-        quantized += 1
-    onnx.save(model, str(out))
-    return quantized
+    return on_grid(graph, out, min_sparsity)
 
 
 def test_weights_on_an_int8_grid_run_int8_values(llama_artifact, tmp_path, monkeypatch):
