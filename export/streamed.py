@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from export.graphs import graph_spec, make_deepsparse_compatible, table_rotary
+from export.graphs import exported_modules, graph_spec, make_deepsparse_compatible
 from export.metadata import write_metadata
 from export.weights import TRANSPOSED_SUFFIX, weight_entry
 from pipeline.errors import SparseDeployError
@@ -245,7 +245,7 @@ def externalize(model: ir.Model, store: ExternalData, directory: Path, weights: 
 
 def trace_without_weights(model: nn.Module, flavour: str) -> tuple[ir.Model, dict[str, Any], dict[str, torch.Tensor]]:
     """``flavour``'s graph traced with fake weights, unoptimized; its I/O; the module's real tensors."""
-    with table_rotary(model) as rope_table:
+    with exported_modules(model, flavour) as rope_table:
         spec = graph_spec(model, flavour)
         with fake_weights(spec.module) as originals, heartbeat(f"tracing the {flavour} graph (fake weights)"):
             program = spec.export(optimize=False)

@@ -56,6 +56,35 @@ def test_metadata_lists_every_weight_with_its_true_sparsity(artifact, pruned_dir
             assert info["pattern"] == "2:4" and info["sparsity"] == pytest.approx(0.5)
 
 
+LAYOUT_OPS = {"Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Identity"}  # move data, compute none
+
+
+def first_compute_ops(graph: onnx.GraphProto, tensor: str) -> set[str]:
+    """The ops that first compute on ``tensor``'s values, past layout-only ops (Shape reads none)."""
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+    found, frontier = set(), [tensor]
+    while frontier:
+        for node, i in consumers.get(frontier.pop(), []):
+            if node.op_type in LAYOUT_OPS and i == 0:
+                frontier.extend(node.output)
+            elif node.op_type != "Shape":
+                found.add(node.op_type)
+    return found
+
+
+def test_decode_attends_without_rescaling_the_kv_cache(artifact):
+    """The cached keys go straight to the score MatMul: the query is scaled, not the whole cache
+    (export.graphs.scaled_query_attention; torch's own sdpa export multiplies every cached key)."""
+    graph = onnx.load(str(artifact / "model.onnx"), load_external_data=False).graph
+    keys = [o.name for o in graph.output if o.name.startswith("present.") and o.name.endswith(".key")]
+    assert keys
+    for key in keys:
+        assert first_compute_ops(graph, key) == {"MatMul"}, key
+
+
 def test_metadata_survives_a_load_save_round_trip(artifact, tmp_path):
     proto = onnx.load(str(artifact / "model.onnx"))
     onnx.save(proto, str(tmp_path / "copy.onnx"))
