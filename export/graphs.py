@@ -121,10 +121,12 @@ AttentionMaskInterface.register(EXPORT_ATTENTION, boolean_mask)
 def export_attention(model: PreTrainedModel, flavour: str) -> Iterator[None]:
     """A causal LM's attention as :func:`scaled_query_attention` while exporting ``flavour``
     (encoders keep theirs: ViT's attention takes a head mask where ours takes the mask)."""
+    if flavour not in CAUSAL_FLAVOURS:
+        yield
+        return
     config = model.config
     previous = config._attn_implementation
-    if flavour in CAUSAL_FLAVOURS:
-        config._attn_implementation = EXPORT_ATTENTION
+    config._attn_implementation = EXPORT_ATTENTION
     try:
         yield
     finally:

@@ -97,7 +97,9 @@ def _beside(graph: Path) -> list[Path]:
 def reference_outputs(model: PreTrainedModel, flavour: str, outputs: list[str]) -> Reference:
     """Fixed inputs for ``flavour`` and what the torch model computes on them (named ``outputs``,
     the graph's output names in order)."""
-    with table_rotary(model):  # the same arithmetic the graph does
+    # RoPE as the graph computes it, attention the model's own: parity holds the export's
+    # scaled_query_attention (export.graphs) to transformers' sdpa
+    with table_rotary(model):
         if flavour == "decode":
             feeds = decode_inputs(KVGeometry.of(model), seq=4, past=7, batch=2, seed=1)
             values = list(feeds.values())
