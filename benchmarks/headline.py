@@ -14,10 +14,18 @@ are kept with them, under ``int8_run``), against the fastest **dense int8** runt
 
     .venv/bin/python -m benchmarks.proxies --recipe recipes/proxies/llama7b-int8.yaml
 
+The four OWL+Wanda 70% figures (ours and DeepSparse's, decode and prefill) come from the run
+that times those cells call by call, all held at once, where it exists (its hardware, date and
+protocol at the top level; the proxy run's figures for the same keys kept under
+``proxy_run``), because the proxy run times runtimes tens of seconds apart while this VM's
+bandwidth drifts within seconds (benchmarks/headline_paired.py):
+
+    .venv/bin/python -m benchmarks.headline_paired
+
 The full-depth runs (benchmarks/scale.py, recipes/proxies/*-full-*.yaml: 32 blocks, no
 extrapolation) go under ``full_depth``, each with its own hardware and date:
 
-    .venv/bin/python -m benchmarks.headline [--report ...headline/latency.json] [--int8-report ...int8/latency.json]
+    .venv/bin/python -m benchmarks.headline [--report ...headline/latency.json] [--paired-report ...] [--int8-report ...]
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from runtime.bench import INT8_BASELINES, BenchRow
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
 REPORT = RESULTS / "latency_llama7b_headline" / "latency.json"
+PAIRED_REPORT = RESULTS / "headline_paired.json"  # benchmarks/headline_paired.py
 INT8_REPORT = RESULTS / "latency_llama7b_int8" / "latency.json"  # recipes/proxies/llama7b-int8.yaml
 INT8_VARIANT = "owl-wanda-70-int8"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -68,11 +77,45 @@ def int8_figures(report: dict[str, Any], source: Path) -> dict[str, Any]:
         "decode_speedup_sparse_int8_70_vs_fp32": _figure(_cell(vs_fp32, "decode", SPARSE_RUNTIME, INT8_VARIANT)),
         "prefill_speedup_sparse_int8_70_vs_int8_dense": _figure(_cell(vs_int8, "prefill", SPARSE_RUNTIME, INT8_VARIANT)),
     }
-    run = {"hardware": f"{env['cpu']}, {env['cores']} cores", "isa": env.get("isa", "n/a"), "measured": report["measured"],
-           "variant": INT8_VARIANT, "source": _relative(source),
+    run = {**_run_header(env, report["measured"]), "variant": INT8_VARIANT, "source": _relative(source),
            "baseline_runtime_int8": next(e["baseline_runtime"] for e in vs_int8 if e["flavour"] == "decode"),
            "baseline_runtime_fp32": next(e["baseline_runtime"] for e in vs_fp32 if e["flavour"] == "decode")}
     return {"figures": figures, "run": run}
+
+
+PAIRED_KEYS = {  # headline key -> (flavour, runtime) in the call-by-call run
+    "decode_speedup_owl_wanda_70": ("decode", SPARSE_RUNTIME),
+    "prefill_speedup_owl_wanda_70": ("prefill", SPARSE_RUNTIME),
+    "deepsparse_decode_speedup_owl_wanda_70": ("decode", "deepsparse"),
+    "deepsparse_prefill_speedup_owl_wanda_70": ("prefill", "deepsparse"),
+}
+
+
+def _run_header(env: dict[str, Any], measured: str) -> dict[str, str]:
+    return {"hardware": f"{env['cpu']}, {env['cores']} cores", "isa": env.get("isa", "n/a"), "measured": measured}
+
+
+def apply_paired(out: dict[str, Any], paired: dict[str, Any], source: Path) -> None:
+    """The four OWL+Wanda 70% figures from the call-by-call run (benchmarks/headline_paired.py),
+    with its hardware, date and protocol at the top level; what the proxy run gave for the same
+    keys, and its own header, move under ``proxy_run`` (the OATS and OSSCAR figures are its)."""
+    flavours = paired["flavours"]
+    if not all(f in flavours for f, _ in PAIRED_KEYS.values()):
+        log.warning("%s lacks decode or prefill: the OWL+Wanda 70%% figures stay the proxy run's", source)
+        return
+    proxy_keys = ("hardware", "isa", "measured", "baseline_runtime", "baseline_runtime_prefill", "protocol", "source")
+    out["proxy_run"] = {k: out[k] for k in proxy_keys} | {key: out[key] for key in PAIRED_KEYS} | {
+        "rounds": {key: out["rounds"][key] for key in PAIRED_KEYS}}
+    out.update(_run_header(paired["environment"], paired["measured"]))
+    out["baseline_runtime"] = flavours["decode"]["baseline_runtime"]
+    out["baseline_runtime_prefill"] = flavours["prefill"]["baseline_runtime"]
+    out["protocol"] = {**{k: paired["settings"][k] for k in ("batch", "seq_len", "past", "warmup", "segments")},
+                       "call_by_call": True, "cycles": {f: v["cycles"] for f, v in flavours.items()}}
+    out["source"] = _relative(source)
+    for key, (flavour, runtime) in PAIRED_KEYS.items():
+        figure = flavours[flavour]["speedups"][runtime]
+        out[key] = round(figure["speedup"], 3)
+        out["rounds"][key] = [round(r, 3) for r in figure["segments"]]
 
 
 def _geometry(proxy: str) -> str:
@@ -91,9 +134,8 @@ def full_depth_figures(report: dict[str, Any], source: Path) -> dict[str, Any]:
                     for artifact, graphs in artifacts.items()} for rt, artifacts in report["latency"].items()}
     entry: dict[str, Any] = {
         "geometry": _geometry(report["recipe"]["proxy"]), "blocks": report["blocks"],
-        "variant": report["recipe"]["variant"],
-        "hardware": f"{env['cpu']}, {env['cores']} cores", "isa": env.get("isa", "n/a"),
-        "measured": report["measured"], "source": _relative(source), "median_ms": medians,
+        "variant": report["recipe"]["variant"], **_run_header(env, report["measured"]),
+        "source": _relative(source), "median_ms": medians,
         "vs_fastest_dense": {f: {"baseline_runtime": v["baseline_runtime"],
                                  **{rt: round(x["vs_fastest_dense"], 3) for rt, x in v["pruned"].items()}}
                              for f, v in report["speedups"].items()}}
@@ -111,10 +153,12 @@ def _relative(source: Path) -> str:
 
 
 def headline(report: dict[str, Any], source: Path, int8: dict[str, Any] | None = None,
-             full_depth: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+             full_depth: list[dict[str, Any]] | None = None,
+             paired: tuple[dict[str, Any], Path] | None = None) -> dict[str, Any]:
     """The figures, recomputed from the report's rows with the current decomposition code;
     ``int8``: ``int8_figures`` of the int8 proxy run, where there is one; ``full_depth``:
-    ``full_depth_figures`` of each full-depth run."""
+    ``full_depth_figures`` of each full-depth run; ``paired``: the call-by-call run and its
+    path (``apply_paired``)."""
     rows = [BenchRow(**r) for r in report["rows"]]
     fastest, _ = fastest_dense_blocks(rows, BLOCKS)
     decomposition_table, _ = decomposition(rows, BLOCKS, DEPTH, {"oats-50": "wanda-50"})
@@ -136,8 +180,7 @@ def headline(report: dict[str, Any], source: Path, int8: dict[str, Any] | None =
         "osscar_50_decode_speedup": {**_figure(osscar), "runtime": osscar["runtime"]},
     }
     out: dict[str, Any] = {
-        "hardware": f"{env['cpu']}, {env['cores']} cores", "isa": env.get("isa", "n/a"),
-        "measured": report["measured"], "depth": "per decoder block",
+        **_run_header(env, report["measured"]), "depth": "per decoder block",
         "geometry": "LLaMA-7B (hidden 4096, MLP 11008, 32 heads), 2 blocks, random weights",
         "baseline_runtime": baseline["decode"], "baseline_runtime_prefill": baseline["prefill"],
         "protocol": {k: report["settings"][k] for k in ("batch", "seq_len", "past", "rounds", "repetitions", "warmup")},
@@ -149,6 +192,8 @@ def headline(report: dict[str, Any], source: Path, int8: dict[str, Any] | None =
         out.setdefault("rounds", {})[key] = fig["rounds"]
     out["osscar_50_runtime"] = figures["osscar_50_decode_speedup"]["runtime"]
     out["oats_vs_wanda_runtime"] = SPARSE_RUNTIME
+    if paired:
+        apply_paired(out, *paired)
     if int8:
         for key, fig in int8["figures"].items():
             out[key] = fig["speedup"]
@@ -175,21 +220,35 @@ INT8_ROWS = (
 
 
 def readme_table(h: dict[str, Any]) -> str:
-    def spread(key: str) -> str:
-        r = h["rounds"].get(key) or []
+    def spread(key: str, figures: dict[str, Any] = h) -> str:
+        r = figures["rounds"].get(key) or []
         return f" ({min(r):.2f}-{max(r):.2f})" if len(r) > 1 else ""
 
+    proxy = h.get("proxy_run", h)  # the run of the OATS and OSSCAR rows (of all rows without a paired run)
+    report = f"{Path(proxy['source']).parent}/latency.md"
     lines = [f"Per decoder block of the LLaMA-7B geometry, batch 1, against the fastest dense runtime of the same run "
              f"(decode: {h['baseline_runtime']}, prefill: {h['baseline_runtime_prefill']}), {h['hardware']} "
-             f"({h['isa']}), measured {h['measured']}; range over {h['protocol']['rounds']} interleaved rounds in "
-             f"brackets. Source: [`benchmarks/results/headline.json`](benchmarks/results/headline.json), from "
-             f"[`{Path(h['source']).parent}/latency.md`]({Path(h['source']).parent}/latency.md).", "",
-             "| what | speedup | paper |", "|---|---|---|"]
+             f"({h['isa']}), measured {h['measured']}. Source: "
+             f"[`benchmarks/results/headline.json`](benchmarks/results/headline.json)."]
+    if "proxy_run" in h:
+        paired = h["source"].removesuffix(".json") + ".md"
+        lines += ["", f"The OWL+Wanda 70% rows: every graph they compare held at once and timed call by call "
+                  f"([`{paired}`]({paired}); range over {h['protocol']['segments']} segments of the cycles in "
+                  f"brackets). The other rows, and the last column: the proxy run, each runtime's runs back to back in "
+                  f"{proxy['protocol']['rounds']} interleaved rounds ({proxy['hardware']}, measured {proxy['measured']}, "
+                  f"decode baseline {proxy['baseline_runtime']}; [`{report}`]({report}); range over the rounds)."]
+    else:
+        lines += ["", f"Range over {h['protocol']['rounds']} interleaved rounds in brackets; from [`{report}`]({report})."]
+    two_runs = proxy is not h
+    lines += ["", "| what | speedup | paper |" + (" proxy run |" if two_runs else ""),
+              "|---|---|---|" + ("---|" if two_runs else "")]
     paper = {"decode_speedup_owl_wanda_70": "2.6x (OWL, DeepSparse, 16+ cores)",
              "oats_vs_wanda_decode_50": "1.37x (OATS, DeepSparse)", "osscar_50_decode_speedup": ">= 1.8x target"}
     for label, key in ROWS:
         extra = f", {h['osscar_50_runtime']}" if key == "osscar_50_decode_speedup" else ""
-        lines.append(f"| {label}{extra} | **{h[key]:.2f}x**{spread(key)} | {paper.get(key, '')} |")
+        rounds = f" {proxy[key]:.2f}x{spread(key, proxy)} |" if key in PAIRED_KEYS else " |"
+        lines.append(f"| {label}{extra} | **{h[key]:.2f}x**{spread(key)} | {paper.get(key, '')} |"
+                     + (rounds if two_runs else ""))
     run = h.get("int8_run")
     if run:
         lines += ["", f"Sparse + int8 (its own run: {run['hardware']} ({run['isa']}), measured {run['measured']}; "
@@ -237,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--paired-report", type=Path, default=PAIRED_REPORT,
+                        help="the call-by-call run of the OWL+Wanda 70%% figures (skipped when absent)")
     parser.add_argument("--int8-report", type=Path, default=INT8_REPORT,
                         help="the sparse + int8 proxy run (skipped when absent)")
     parser.add_argument("--out", type=Path, default=RESULTS / "headline.json")
@@ -245,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.int8_report.is_file() else None)
     full_depth = [full_depth_figures(json.loads(path.read_text()), path.resolve()) for path in FULL_DEPTH
                   if path.is_file()]
-    h = headline(json.loads(args.report.read_text()), args.report.resolve(), int8, full_depth)
+    paired = ((json.loads(args.paired_report.read_text()), args.paired_report.resolve())
+              if args.paired_report.is_file() else None)
+    h = headline(json.loads(args.report.read_text()), args.report.resolve(), int8, full_depth, paired)
     args.out.write_text(json.dumps(h, indent=2) + "\n")
     update_readme(readme_table(h))
     log.info("wrote %s and the README's headline table", args.out)

@@ -12,9 +12,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -71,21 +72,30 @@ def _private_copy(model: Path, work: str) -> Path:
     return target / model.name
 
 
+def _worker_env() -> dict[str, str]:
+    return {**os.environ, "NM_DISABLE_ANALYTICS": "1"}
+
+
+def _prepare(model: str | Path, feeds: Mapping[str, np.ndarray], work: str, **request: Any) -> Path:
+    """The worker's python, its request and inputs written into ``work``."""
+    python = deepsparse_python()
+    if not python.is_file():
+        raise SparseDeployError(f"DeepSparse venv not found at {python} (run `make install`)")
+    request = {"model": str(_private_copy(Path(model).resolve(), work)), **request}
+    Path(work, "request.json").write_text(json.dumps(request))
+    np.savez(Path(work, "inputs.npz"), *feeds.values())
+    return python
+
+
 def run_deepsparse(model: str | Path, feeds: Mapping[str, np.ndarray], *, num_cores: int | None = None,
                    warmup: int = 0, repetitions: int = 0, want_outputs: bool = False,
                    timeout_s: float = 1800) -> DeepSparseResult:
     """Compile ``model`` for the feeds' shapes in a child process; time and/or run it."""
-    python = deepsparse_python()
-    if not python.is_file():
-        raise SparseDeployError(f"DeepSparse venv not found at {python} (run `make install`)")
     with tempfile.TemporaryDirectory(prefix="deepsparse-") as work:
-        request = {"model": str(_private_copy(Path(model).resolve(), work)), "num_cores": num_cores, "warmup": warmup,
-                   "repetitions": repetitions, "outputs": want_outputs}
-        Path(work, "request.json").write_text(json.dumps(request))
-        np.savez(Path(work, "inputs.npz"), *feeds.values())
-        env = {**os.environ, "NM_DISABLE_ANALYTICS": "1"}
+        python = _prepare(model, feeds, work, num_cores=num_cores, warmup=warmup, repetitions=repetitions,
+                          outputs=want_outputs)
         try:
-            proc = subprocess.run([str(python), str(WORKER), work], capture_output=True, text=True, env=env,
+            proc = subprocess.run([str(python), str(WORKER), work], capture_output=True, text=True, env=_worker_env(),
                                   timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
             raise SparseDeployError(f"DeepSparse did not finish {model} within {timeout_s:.0f} s") from None
@@ -98,3 +108,49 @@ def run_deepsparse(model: str | Path, feeds: Mapping[str, np.ndarray], *, num_co
             with np.load(Path(work, "outputs.npz")) as out:
                 outputs = [out[f"arr_{i}"] for i in range(len(out.files))]
     return DeepSparseResult(outputs=outputs, **data)
+
+
+SERVED = "SERVED"  # deepsparse_worker.SERVED: the prefix of the serving worker's answer lines
+
+
+@contextmanager
+def served_deepsparse(model: str | Path, feeds: Mapping[str, np.ndarray], *, num_cores: int | None = None,
+                      warmup: int = 0) -> Iterator[Callable[[], float]]:
+    """``model`` compiled once in a worker that stays up: yields a function that runs it once and
+    returns that run's wall time (seconds, measured in the worker around ``engine.run``), so that
+    DeepSparse can be timed call by call between other runtimes' calls (runtime/paired.py)."""
+    with tempfile.TemporaryDirectory(prefix="deepsparse-") as work:
+        python = _prepare(model, feeds, work, num_cores=num_cores, warmup=warmup, repetitions=0, serve=True)
+        with open(Path(work, "stderr.txt"), "w+", encoding="utf-8") as err:
+            proc = subprocess.Popen([str(python), str(WORKER), work], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=err, text=True, env=_worker_env())
+
+            def answer() -> str:
+                for line in proc.stdout:
+                    if line.startswith(SERVED + " "):
+                        return line[len(SERVED) + 1:].strip()
+                proc.wait()
+                err.seek(0)
+                raise SparseDeployError(f"DeepSparse failed on {model} "
+                                        f"({_crash_message(subprocess.CompletedProcess([], proc.returncode, '', err.read()))})")
+
+            def once() -> float:
+                try:
+                    proc.stdin.write("run\n")
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # the worker is gone: answer() says why
+                return float(answer())
+
+            try:
+                answer()  # "ready": compiled and warmed up
+                yield once
+            finally:
+                if proc.poll() is None:
+                    proc.stdin.write("quit\n")
+                    proc.stdin.close()
+                    try:
+                        proc.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()

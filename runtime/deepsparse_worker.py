@@ -9,6 +9,11 @@ runs in the pipeline's own process. Protocol, all files in one work directory:
     response.json  {"compile_s", "times_s", "timed_major_faults", "fraction_of_supported_ops", "versions"}
     outputs.npz    the outputs of one run (when asked for)
 
+With ``"serve": true`` the worker stays up after writing response.json: each line ``run`` on
+its stdin runs the engine once and answers ``SERVED <seconds>`` on stdout (the run's own wall
+time); ``quit`` or the end of stdin ends it. That lets a parent time DeepSparse call by call,
+alternating with graphs of other runtimes (runtime/paired.py), without compiling again.
+
     .venv-deepsparse/bin/python runtime/deepsparse_worker.py WORKDIR
 """
 
@@ -59,7 +64,23 @@ def main(workdir: str) -> int:
     }
     with open(os.path.join(workdir, "response.json"), "w", encoding="utf-8") as f:
         json.dump(response, f)
+    if request.get("serve"):
+        serve(engine, feeds)
     return 0
+
+
+SERVED = "SERVED"  # the prefix of an answer line: DeepSparse's own banner may print on stdout too
+
+
+def serve(engine, feeds) -> None:
+    """Answer ``run`` lines on stdin with one timed run each, until ``quit`` or end of input."""
+    print(f"{SERVED} ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        t = time.perf_counter()
+        engine.run(feeds)
+        print(f"{SERVED} {time.perf_counter() - t!r}", flush=True)
 
 
 if __name__ == "__main__":

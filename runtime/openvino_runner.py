@@ -231,21 +231,21 @@ def compile_model(path: str | Path, sparse: bool, threads: int | None = None, is
     return compiled, ops
 
 
-def _inputs(compiled: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def model_inputs(compiled: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = {name for port in compiled.inputs for name in port.get_names()}
     return {k: v for k, v in feeds.items() if k in names}
 
 
 def run(compiled: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """One inference; the outputs in the graph's order (feeds the graph lacks are left out)."""
-    result = compiled.create_infer_request().infer(_inputs(compiled, feeds))
+    result = compiled.create_infer_request().infer(model_inputs(compiled, feeds))
     return [result[port] for port in compiled.outputs]
 
 
 def time_runs(compiled: Any, feeds: Mapping[str, np.ndarray], warmup: int, repetitions: int) -> list[float]:
     """Wall time of each of ``repetitions`` runs (seconds) of one infer request, after ``warmup``."""
     request = compiled.create_infer_request()
-    inputs = _inputs(compiled, feeds)
+    inputs = model_inputs(compiled, feeds)
     for _ in range(warmup):
         request.infer(inputs)
     times = []
