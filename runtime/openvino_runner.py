@@ -64,6 +64,8 @@ def _c_api() -> ctypes.CDLL:
     lib.sd_matmul.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
                               ctypes.c_int, ctypes.c_int]
     lib.sd_matmul_q8.argtypes = lib.sd_matmul.argtypes
+    lib.sd_stream_read.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
+                                   ctypes.POINTER(ctypes.c_uint64)]
     lib.sd_last_error.restype = ctypes.c_char_p
     return lib
 
@@ -84,6 +86,17 @@ def q8_supported(path: str) -> bool:
 
 def best_isa() -> str:
     return ISAS[_c_api().sd_best_isa()]
+
+
+def stream_read(words: np.ndarray, tasks: int = 64, threaded: bool = True) -> int:
+    """The sum (mod 2^64) of ``words`` (uint64), read once on the kernels' thread pool: how fast
+    this machine streams memory to a loop that does nothing else (the kernel sweep's reference)."""
+    w = np.ascontiguousarray(words, dtype=np.uint64)
+    total = ctypes.c_uint64()
+    lib = _c_api()
+    if lib.sd_stream_read(w.ctypes.data, w.size, tasks, int(threaded), ctypes.byref(total)):
+        raise SparseDeployError(lib.sd_last_error().decode())
+    return total.value
 
 
 class PackedWeight:

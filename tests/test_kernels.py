@@ -173,6 +173,18 @@ def test_bytes_per_weight_are_the_formats(values):
     assert expected <= packed.nbytes <= expected + 8 * (n + 1) + 4 * 16 + 4 * 64
 
 
+@pytest.mark.parametrize("n, tasks", [(0, 1), (7, 3), (1001, 64), (64, 64)])
+def test_the_streaming_read_reference_reads_every_word_once(n, tasks):
+    """The kernel sweep's read loop (sd_stream_read): its sum is numpy's (mod 2^64), so every
+    word is read exactly once whatever the split into slices."""
+    words = np.random.default_rng(n).integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    expected = int(words.sum(dtype=np.uint64)) if n else 0
+    assert openvino_runner.stream_read(words, tasks) == expected
+    assert openvino_runner.stream_read(words, tasks, threaded=False) == expected
+    with pytest.raises(SparseDeployError, match="tasks"):
+        openvino_runner.stream_read(words, 0)
+
+
 def test_no_wide_instructions_leak_outside_their_paths():
     """Each ISA file is compiled with its own flags. An inline helper compiled in the AVX-512 file
     and merged by the linker into the scalar path would crash a Zen 3 machine (no AVX-512) with

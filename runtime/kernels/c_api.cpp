@@ -1,6 +1,7 @@
 // A C interface to the kernels for tests and the kernel sweep (ctypes), outside any graph.
 // Errors come back as a non-zero status and sd_last_error().
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 
@@ -74,6 +75,31 @@ int sd_int8_grid(const float* w, size_t n, size_t k, int transposed) {
 int sd_matmul(const uint8_t* blob, size_t size, const float* x, size_t m, float* y, int isa, int threaded) {
     return guarded(
         [&] { sparse_deploy::matmul(sparse_deploy::view(blob, size), x, m, y, sparse_deploy::Isa(isa), pool(threaded)); });
+}
+
+// *sum = the sum (mod 2^64) of n 64-bit words, read in `tasks` contiguous slices on the pool: a
+// plain streaming read, the most a one-row kernel that reads each weight byte once can stream on
+// this machine (the kernel sweep's read-loop cell, benchmarks/openvino_sparse_kernels.py). Four
+// accumulators per slice, so that the loop waits on loads, not on one chain of adds.
+int sd_stream_read(const uint64_t* data, size_t n, size_t tasks, int threaded, uint64_t* sum) {
+    return guarded([&] {
+        if (tasks == 0) throw std::runtime_error("tasks must be >= 1");
+        std::vector<uint64_t> partial(tasks, 0);
+        pool(threaded)(tasks, [&](size_t t) {
+            const size_t end = n * (t + 1) / tasks;
+            uint64_t a = 0, b = 0, c = 0, d = 0;
+            size_t i = n * t / tasks;
+            for (; i + 4 <= end; i += 4) {
+                a += data[i];
+                b += data[i + 1];
+                c += data[i + 2];
+                d += data[i + 3];
+            }
+            for (; i < end; ++i) a += data[i];
+            partial[t] = a + b + c + d;
+        });
+        *sum = std::accumulate(partial.begin(), partial.end(), uint64_t{0});
+    });
 }
 
 }  // extern "C"
