@@ -16,7 +16,6 @@ timed there around ``engine.run``. The int8 runtimes convert graphs first and ar
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ from pipeline.progress import progress
 from runtime import deepsparse_runner, openvino_runner
 from runtime.bench import BenchSettings, interleaved
 
-log = logging.getLogger(__name__)
 K = TypeVar("K")
 PAUSE_S = 0.005  # before each call: longer than a thread pool's spin after a run, short against the drift
 PAIRED_RUNTIMES = ("deepsparse", "onnxruntime", "openvino", "openvino-sparse")
