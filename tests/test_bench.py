@@ -371,14 +371,17 @@ def test_disk_use_counts_a_hard_linked_file_once(tmp_path):
 def test_the_kernel_sweep_reports_cpu_time_per_chunk():
     """Core-ns per chunk: median x cores / (weights / 16 x rows); a cell twice as fast on the same
     cores reads half, and 16 rows divide it by 16 (what shows a kernel bound by work per chunk)."""
-    from benchmarks.openvino_sparse_kernels import WEIGHTS, core_ns_per_chunk, derive, render
+    from benchmarks.openvino_sparse_kernels import READ_LOOP, WEIGHTS, core_ns_per_chunk, derive, render
 
     def cell(runtime, sparsity, rows, ms):
         return {"rows": rows, "runtime": runtime, "sparsity": sparsity, "median_ms": ms, "p10_ms": ms,
                 "p90_ms": ms, "round_medians_ms": [ms]}
 
-    cells = [cell("openvino", 0.0, 1, 20.0), cell("openvino-sparse", 0.7, 1, 10.0), cell("openvino", 0.0, 16, 32.0)]
+    cells = [cell("openvino", 0.0, 1, 20.0), cell("openvino-sparse", 0.7, 1, 10.0), cell("openvino", 0.0, 16, 32.0),
+             cell(READ_LOOP, 0.0, 1, 5.0)]
     derive(cells)
+    assert cells[1]["baseline"] == "openvino"  # the read loop is a reference, never the dense baseline
+    assert cells[1]["share_of_read_loop"] == pytest.approx(1.325 * 5.0 / (4 * 10.0))
     per_chunk = 10.0 * 1e6 * 2 / (WEIGHTS / 16)
     assert core_ns_per_chunk(cells[1], 2) == pytest.approx(per_chunk)
     assert core_ns_per_chunk(cells[0], 2) == pytest.approx(2 * per_chunk)
@@ -386,4 +389,4 @@ def test_the_kernel_sweep_reports_cpu_time_per_chunk():
     text = render({"measured": "now", "environment": {"cpu": "x", "cores": 2, "isa": "avx2",
                                                       "packages": {"onnxruntime": "1", "openvino": "2"}},
                    "cells": cells})
-    assert f"| 2.00x | 1.325 | {WEIGHTS * 1.325 / 0.010 / 1e9:.1f} | 3.02x | {per_chunk:.2f} |" in text
+    assert f"| 2.00x | 1.325 | {WEIGHTS * 1.325 / 0.010 / 1e9:.1f} | 3.02x | 17% | {per_chunk:.2f} |" in text
