@@ -3,8 +3,8 @@
 // by vpermps with an index from a 256-entry table (rank of each set bit), the lanes whose bit
 // is clear zeroed by a mask from a second table. A tile of eight rows is read as one stream,
 // each group record in two halves of four rows (eight row pointers did not fit the 16 GPRs
-// next to everything else: GCC spilled them). Many rows:
-// many_rows.hpp, indices decoded from a table of set-bit positions.
+// next to everything else: GCC spilled them). Many rows: many_rows.hpp (narrow blocks: offsets
+// decoded from a table of set-bit positions).
 #include <immintrin.h>
 
 #include <array>
@@ -45,8 +45,21 @@ inline __m256 load8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
+// The many-row primitives (many_rows.hpp).
 struct Simd {
+    using Vec = __m256;
     static constexpr size_t kLanes = 8;
+    // From how many rows of x a block walks the bitmaps instead of decoded offsets: 1.27-1.36x at
+    // 64 and 128 rows (throwaway A/B on a Zen 5, 11008 x 4096, 70 and 90%, interleaved calls);
+    // at 2-16 rows the runs disagreed (0.8-1.3x), so narrow blocks keep the offsets.
+    static constexpr size_t kBitmapRows = 64;
+    static Vec zero() { return _mm256_setzero_ps(); }
+    static Vec load(const float* p) { return _mm256_load_ps(p); }
+    static void store(float* p, Vec v) { _mm256_store_ps(p, v); }
+    static Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+    static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+    static Vec broadcast(const float* v) { return _mm256_broadcast_ss(v); }
+    static Vec broadcast(const int8_t* v) { return _mm256_set1_ps(float(*v)); }
 
     template <class V>
     static void widen16(const V* src, float* dst) {
@@ -67,31 +80,6 @@ struct Simd {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + nlo),
                             _mm256_add_epi32(_mm256_set1_epi32(base + 8 * stride), _mm256_mullo_epi32(positions(hi), s)));
         return nlo + size_t(__builtin_popcount(hi));
-    }
-
-    template <int NACC>
-    static void rows(const float* v, const int32_t* idx, size_t cnt, const float* xt, float* yt) {
-        constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
-        __m256 acc[U][NACC];
-        for (int u = 0; u < U; ++u)
-            for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? _mm256_load_ps(yt + 8 * i) : _mm256_setzero_ps();
-        size_t j = 0;
-        for (; j + U <= cnt; j += U)
-            for (int u = 0; u < U; ++u) {
-                const __m256 wv = _mm256_broadcast_ss(v + j + u);
-                const float* xr = xt + idx[j + u];
-                for (int i = 0; i < NACC; ++i) acc[u][i] = _mm256_fmadd_ps(wv, _mm256_load_ps(xr + 8 * i), acc[u][i]);
-            }
-        for (; j < cnt; ++j) {
-            const __m256 wv = _mm256_broadcast_ss(v + j);
-            const float* xr = xt + idx[j];
-            for (int i = 0; i < NACC; ++i) acc[0][i] = _mm256_fmadd_ps(wv, _mm256_load_ps(xr + 8 * i), acc[0][i]);
-        }
-        for (int i = 0; i < NACC; ++i) {
-            __m256 s = acc[0][i];
-            for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][i]);
-            _mm256_store_ps(yt + 8 * i, s);
-        }
     }
 };
 

@@ -1,11 +1,20 @@
 // The many-row (prefill, batch > 1) driver shared by the SIMD paths: x is transposed into
 // column-major blocks so that one non-zero w[n, k] meets a contiguous run of x[:, k] (up to
 // kLanes * NACC rows at once), and every non-zero is multiplied once per row of x, never a zero.
-// Work per non-zero: one broadcast, one offset load, NACC fused multiply-adds.
+// Two ways to find a non-zero's column, chosen by the block's width S = kLanes * NACC rows of x:
+// - S >= Simd::kBitmapRows: read off the row's bitmap as it is multiplied (tzcnt, blsr; row_block);
+// - narrower: decoded into a list of offsets first (vpcompressd or a table; decode_tile, then
+//   offset_rows): fewer instructions per non-zero (an offset load against tzcnt, blsr and a
+//   multiply), which pays when each non-zero has only one or two vectors of x to multiply; the
+//   decode's work per chunk is what the wide blocks save.
 //
-// A path provides:  struct Simd { static constexpr size_t kLanes;
-//                                 static size_t decode(bits, base, stride, int32_t* out);  // base + stride * j for set bits j
-//                                 template <int NACC> static void rows(...); }      // see avx2.cpp / avx512.cpp
+// A path provides:  struct Simd { using Vec; static constexpr size_t kLanes;
+//                                 zero(), load(const float*) (aligned), store(float*, Vec),
+//                                 fmadd(a, b, c), add(a, b), broadcast(const V*) (one value as floats),
+//                                 kBitmapRows, and where narrower blocks exist:
+//                                 decode(bits, base, stride, int32_t* out) (base + stride * j for set bits j),
+//                                 widen16(const V*, float*) (16 values as floats) };
+// (see avx2.cpp / avx512.cpp).
 #pragma once
 
 #include <algorithm>
@@ -23,11 +32,12 @@
 namespace sparse_deploy {
 namespace {
 
-// Independent FMA chains a path's rows<NACC> keeps in flight (U = kFmaChains / NACC copies of
+// Independent FMA chains the multiply loops keep in flight (U = kFmaChains / NACC copies of
 // its accumulators): two FMA pipes x 4 cycles of latency need eight to stay busy. Four (the
 // previous choice) left 16-row blocks (NACC = 1) at half the FMA rate; sixteen on AVX-512 was
 // no faster at 16 rows and slower at 128 (throwaway A/B of the two builds, paired, Zen 5).
 constexpr int kFmaChains = 8;
+
 
 struct AlignedFree {
     void operator()(float* p) const { std::free(p); }
@@ -59,6 +69,26 @@ void transpose_rows(const float* x, size_t k, size_t m0, size_t mb, float* xt) {
         for (size_t r = 0; r < mb; ++r) {
             const float* xr = x + (m0 + r) * k;
             for (size_t c = c0; c < c1; ++c) xt[c * S + r] = xr[c];
+        }
+    }
+}
+
+// y[m0 + r, n] = yt[(n - n0) * S + r] * scale(n) for the task's rows n0..n1 of W, in blocks of
+// kYCols rows of W: a block's part of yt (kYCols x S floats) stays in L1 while y is written row
+// by row, contiguously. Row by row over the whole task read yt at a stride of S floats, a new
+// cache line per element, and cost a third of the 128-row call at 90% sparsity (throwaway
+// timing, Zen 5); a write per row of W per row of y would touch a page each. Templated on the
+// path so that its name says which ISA file compiled it (test_kernels.py reads the names).
+template <class Simd, size_t S>
+void write_back(const float* yt, const Packed& w, size_t n0, size_t n1, size_t m0, size_t mb, float* y) {
+    constexpr size_t kYCols = 16;
+    float scale[kYCols];
+    for (size_t b0 = n0; b0 < n1; b0 += kYCols) {
+        const size_t b1 = std::min(n1, b0 + kYCols);
+        for (size_t n = b0; n < b1; ++n) scale[n - b0] = row_scale(w, n);
+        for (size_t r = 0; r < mb; ++r) {
+            float* yr = y + (m0 + r) * w.n;
+            for (size_t n = b0; n < b1; ++n) yr[n] = yt[(n - n0) * S + r] * scale[n - b0];
         }
     }
 }
@@ -95,15 +125,99 @@ const uint8_t* decode_tile(const uint8_t* q, size_t g0, size_t g1, size_t len, i
     return q;
 }
 
-// One block of rows [m0, m0 + mb) of x, every row of W, through Simd::rows<NACC>.
+// acc += v[j] * xt[idx[j]] for every non-zero j of one row (NACC vectors: S rows of y).
+template <class Simd, int NACC>
+void offset_rows(const float* v, const int32_t* idx, size_t cnt, const float* xt, float* yt) {
+    using Vec = typename Simd::Vec;
+    constexpr size_t L = Simd::kLanes;
+    constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
+    Vec acc[U][NACC];
+    for (int u = 0; u < U; ++u)
+        for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? Simd::load(yt + L * i) : Simd::zero();
+    size_t j = 0;
+    for (; j + U <= cnt; j += U)
+        for (int u = 0; u < U; ++u) {
+            const Vec wv = Simd::broadcast(v + j + u);
+            const float* xr = xt + idx[j + u];
+            for (int i = 0; i < NACC; ++i) acc[u][i] = Simd::fmadd(wv, Simd::load(xr + L * i), acc[u][i]);
+        }
+    for (; j < cnt; ++j) {
+        const Vec wv = Simd::broadcast(v + j);
+        const float* xr = xt + idx[j];
+        for (int i = 0; i < NACC; ++i) acc[0][i] = Simd::fmadd(wv, Simd::load(xr + L * i), acc[0][i]);
+    }
+    for (int i = 0; i < NACC; ++i) {  // yt = the sum of the U copies
+        Vec sum = acc[0][i];
+        for (int u = 1; u < U; ++u) sum = Simd::add(sum, acc[u][i]);
+        Simd::store(yt + L * i, sum);
+    }
+}
+
+// Each row's bitmap and first value in the group records [q, ...) of a block of `groups`
+// groups (masks[r * stride + g], vals[r * stride + g]); returns the record after the last one.
+template <class V>
+const uint8_t* block_rows(const uint8_t* q, size_t groups, size_t stride, uint64_t* masks, const V** vals) {
+    for (size_t g = 0; g < groups; ++g) {
+        const V* p[kMaskRows + 1];
+        record_rows(q, p);
+        for (size_t r = 0; r < kMaskRows; ++r) {
+            masks[r * stride + g] = record_mask(q, r);
+            vals[r * stride + g] = p[r];
+        }
+        q = reinterpret_cast<const uint8_t*>(p[kMaskRows]);
+    }
+    return q;
+}
+
+// acc (NACC vectors: S rows of y for one row n of W) += w[n, k] * xt[k] for every non-zero of
+// row n in the block's groups (masks[g]: the row's bitmap of group g, vals[g]: its values).
+// Each non-zero's column is read off the bitmap (tzcnt, then blsr) as it is multiplied.
+// Why not a decoded list of offsets (the previous kernel: vpcompressd per chunk into an array,
+// then one offset load per non-zero): the decode and its stores took ~3.5 of 18 ms of a 128-row
+// call on 11008 x 4096 at 70% (throwaway, Zen 5, a build without the multiply). U copies of the
+// accumulators keep kFmaChains independent FMA chains in flight.
+template <class Simd, int NACC, class V>
+void row_block(const uint64_t* masks, const V* const* vals, size_t groups, const float* xt, float* yt) {
+    using Vec = typename Simd::Vec;
+    constexpr size_t L = Simd::kLanes, S = L * NACC, kGroupCols = kMaskChunks * kChunk;
+    constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
+    Vec acc[U][NACC];
+    for (int u = 0; u < U; ++u)
+        for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? Simd::load(yt + L * i) : Simd::zero();
+    const auto fma = [&](Vec* a, const V* v, uint64_t& b, const float* xg) {
+        const Vec wv = Simd::broadcast(v);
+        const float* xr = xg + size_t(__builtin_ctzll(b)) * S;
+        b &= b - 1;
+        for (int i = 0; i < NACC; ++i) a[i] = Simd::fmadd(wv, Simd::load(xr + L * i), a[i]);
+    };
+    for (size_t g = 0; g < groups; ++g) {
+        uint64_t b = masks[g];
+        const V* v = vals[g];
+        const float* xg = xt + g * kGroupCols * S;
+        const size_t cnt = size_t(__builtin_popcountll(b));
+        size_t j = 0;
+        for (; j + U <= cnt; j += U)
+            for (int u = 0; u < U; ++u) fma(acc[u], v + j + u, b, xg);
+        // The rest on chains of their own too: a group of fewer than U non-zeros (90%, 16 rows)
+        // on one chain left the others idle.
+        for (int u = 0; u + 1 < U; ++u)
+            if (j + u < cnt) fma(acc[u], v + j + u, b, xg);
+    }
+    for (int i = 0; i < NACC; ++i) {  // yt = the sum of the U copies
+        Vec sum = acc[0][i];
+        for (int u = 1; u < U; ++u) sum = Simd::add(sum, acc[u][i]);
+        Simd::store(yt + L * i, sum);
+    }
+}
+
+// One block of rows [m0, m0 + mb) of x, every row of W, through row_block<NACC>.
 //
 // Loop order, and why: the reuse that matters is of transposed x, read S floats per non-zero.
 // K is walked in blocks of whole groups whose transposed x stays in L1 (kXtBudget) while a
 // task's kNTile rows of W pass over it; each tile keeps a cursor into its records, so a block
-// starts where the previous one ended. The tile's accumulators (kNTile x S floats) live in L2.
-// A whole tile (8 rows) is decoded into offsets and values before its rows are multiplied: the
-// decode's wide stores have retired by the time the multiply loads them back (one row decoded
-// right before its own multiply stalled it, benchmarks/results/openvino_sparse_kernels.md).
+// starts where the previous one ended, and asks for the lines of its next block (as many bytes
+// as this one took) while the task's other tiles are multiplied. The tile's accumulators
+// (kNTile x S floats) live in L2.
 template <class Simd, int NACC, class V>
 void many_rows_block(const Packed& w, const float* x, size_t m0, size_t mb, float* y, const ParallelFor& parallel) {
     constexpr size_t S = Simd::kLanes * NACC;  // stride of one column of transposed x
@@ -111,29 +225,59 @@ void many_rows_block(const Packed& w, const float* x, size_t m0, size_t mb, floa
     AlignedFloats xt = aligned_floats(w.k * S);
     transpose_rows<S>(x, w.k, m0, mb, xt.get());
     const size_t kb_groups = std::max<size_t>(1, kXtBudget / (S * sizeof(float) * kChunk * kMaskChunks));
-    const size_t len = kb_groups * kMaskChunks * kChunk + 32;  // per row; + room for the decode's 16-wide stores
     const size_t tasks = (w.tiles + kTilesPerTask - 1) / kTilesPerTask;
     parallel(tasks, [&](size_t task) {
         const size_t t0 = task * kTilesPerTask, t1 = std::min(w.tiles, t0 + kTilesPerTask);
         const size_t n0 = t0 * kMaskRows, n1 = std::min(w.n, t1 * kMaskRows);
         AlignedFloats yt = aligned_floats((t1 - t0) * kMaskRows * S);
-        std::vector<int32_t> idx(kMaskRows * len);
-        std::vector<float> val(kMaskRows * len);
         std::vector<const uint8_t*> cursor(t1 - t0);
-        for (size_t t = t0; t < t1; ++t) cursor[t - t0] = w.data + w.tileptr[t];
-        size_t cnt[kMaskRows];
-        const float* v[kMaskRows];
-        for (size_t g0 = 0; g0 < w.groups; g0 += kb_groups) {
-            const size_t g1 = std::min(w.groups, g0 + kb_groups);
-            for (size_t t = t0; t < t1; ++t) {
-                cursor[t - t0] = decode_tile<Simd, S, V>(cursor[t - t0], g0, g1, len, idx.data(), val.data(), cnt, v);
-                for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < n1; ++r)
-                    Simd::template rows<NACC>(v[r], idx.data() + r * len, cnt[r], xt.get(),
-                                              yt.get() + ((t - t0) * kMaskRows + r) * S);
+        std::vector<const char*> prefetched(t1 - t0);
+        for (size_t t = t0; t < t1; ++t) {
+            cursor[t - t0] = w.data + w.tileptr[t];
+            prefetched[t - t0] = reinterpret_cast<const char*>(cursor[t - t0]);
+        }
+        // Tile t's rows over one block of groups (multiply: from the tile's cursor to past the
+        // block), then the cursor moved on and the next block's lines asked for.
+        const auto tile_block = [&](size_t t, auto&& multiply) {
+            const uint8_t* start = cursor[t - t0];
+            cursor[t - t0] = multiply(start);
+            prefetch_ahead(prefetched[t - t0], cursor[t - t0], size_t(cursor[t - t0] - start));
+        };
+        float* const ytile = yt.get();
+        if constexpr (S >= Simd::kBitmapRows) {
+            std::vector<uint64_t> masks(kMaskRows * kb_groups);  // [row][group of the block]
+            std::vector<const V*> vals(kMaskRows * kb_groups);
+            for (size_t g0 = 0; g0 < w.groups; g0 += kb_groups) {
+                const size_t groups = std::min(w.groups, g0 + kb_groups) - g0;
+                for (size_t t = t0; t < t1; ++t)
+                    tile_block(t, [&](const uint8_t* q) {
+                        q = block_rows(q, groups, kb_groups, masks.data(), vals.data());
+                        for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < n1; ++r)
+                            row_block<Simd, NACC, V>(masks.data() + r * kb_groups, vals.data() + r * kb_groups,
+                                                     groups, xt.get() + g0 * kMaskChunks * kChunk * S,
+                                                     ytile + ((t - t0) * kMaskRows + r) * S);
+                        return q;
+                    });
+            }
+        } else {
+            const size_t len = kb_groups * kMaskChunks * kChunk + 32;  // per row; + room for the decode's 16-wide stores
+            std::vector<int32_t> idx(kMaskRows * len);
+            std::vector<float> val(kMaskRows * len);
+            size_t cnt[kMaskRows];
+            const float* v[kMaskRows];
+            for (size_t g0 = 0; g0 < w.groups; g0 += kb_groups) {
+                const size_t g1 = std::min(w.groups, g0 + kb_groups);
+                for (size_t t = t0; t < t1; ++t)
+                    tile_block(t, [&](const uint8_t* q) {
+                        q = decode_tile<Simd, S, V>(q, g0, g1, len, idx.data(), val.data(), cnt, v);
+                        for (size_t r = 0; r < kMaskRows && t * kMaskRows + r < n1; ++r)
+                            offset_rows<Simd, NACC>(v[r], idx.data() + r * len, cnt[r], xt.get(),
+                                                    ytile + ((t - t0) * kMaskRows + r) * S);
+                        return q;
+                    });
             }
         }
-        for (size_t r = 0; r < mb; ++r)  // y row by row: a write per row of W per row of y touches a page each
-            for (size_t n = n0; n < n1; ++n) y[(m0 + r) * w.n + n] = yt[(n - n0) * S + r] * row_scale(w, n);
+        write_back<Simd, S>(yt.get(), w, n0, n1, m0, mb, y);
     });
 }
 
