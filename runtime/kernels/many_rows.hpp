@@ -38,6 +38,24 @@ namespace {
 // no faster at 16 rows and slower at 128 (throwaway A/B of the two builds, paired, Zen 5).
 constexpr int kFmaChains = 8;
 
+// One row of W's accumulators over S = kLanes * NACC rows of y, in U = kFmaChains / NACC copies
+// (independent FMA chains): loaded from yt (copy 0) and stored back as the sum of the copies.
+template <class Simd, int NACC>
+struct Accumulators {
+    static constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
+    typename Simd::Vec a[U][NACC];
+    explicit Accumulators(const float* yt) {
+        for (int u = 0; u < U; ++u)
+            for (int i = 0; i < NACC; ++i) a[u][i] = u == 0 ? Simd::load(yt + Simd::kLanes * i) : Simd::zero();
+    }
+    void store(float* yt) const {
+        for (int i = 0; i < NACC; ++i) {
+            typename Simd::Vec sum = a[0][i];
+            for (int u = 1; u < U; ++u) sum = Simd::add(sum, a[u][i]);
+            Simd::store(yt + Simd::kLanes * i, sum);
+        }
+    }
+};
 
 struct AlignedFree {
     void operator()(float* p) const { std::free(p); }
@@ -130,10 +148,9 @@ template <class Simd, int NACC>
 void offset_rows(const float* v, const int32_t* idx, size_t cnt, const float* xt, float* yt) {
     using Vec = typename Simd::Vec;
     constexpr size_t L = Simd::kLanes;
-    constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
-    Vec acc[U][NACC];
-    for (int u = 0; u < U; ++u)
-        for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? Simd::load(yt + L * i) : Simd::zero();
+    Accumulators<Simd, NACC> accs(yt);
+    auto& acc = accs.a;
+    constexpr int U = Accumulators<Simd, NACC>::U;
     size_t j = 0;
     for (; j + U <= cnt; j += U)
         for (int u = 0; u < U; ++u) {
@@ -146,11 +163,7 @@ void offset_rows(const float* v, const int32_t* idx, size_t cnt, const float* xt
         const float* xr = xt + idx[j];
         for (int i = 0; i < NACC; ++i) acc[0][i] = Simd::fmadd(wv, Simd::load(xr + L * i), acc[0][i]);
     }
-    for (int i = 0; i < NACC; ++i) {  // yt = the sum of the U copies
-        Vec sum = acc[0][i];
-        for (int u = 1; u < U; ++u) sum = Simd::add(sum, acc[u][i]);
-        Simd::store(yt + L * i, sum);
-    }
+    accs.store(yt);
 }
 
 // Each row's bitmap and first value in the group records [q, ...) of a block of `groups`
@@ -180,10 +193,9 @@ template <class Simd, int NACC, class V>
 void row_block(const uint64_t* masks, const V* const* vals, size_t groups, const float* xt, float* yt) {
     using Vec = typename Simd::Vec;
     constexpr size_t L = Simd::kLanes, S = L * NACC, kGroupCols = kMaskChunks * kChunk;
-    constexpr int U = NACC >= kFmaChains ? 1 : kFmaChains / NACC;
-    Vec acc[U][NACC];
-    for (int u = 0; u < U; ++u)
-        for (int i = 0; i < NACC; ++i) acc[u][i] = u == 0 ? Simd::load(yt + L * i) : Simd::zero();
+    Accumulators<Simd, NACC> accs(yt);
+    auto& acc = accs.a;
+    constexpr int U = Accumulators<Simd, NACC>::U;
     const auto fma = [&](Vec* a, const V* v, uint64_t& b, const float* xg) {
         const Vec wv = Simd::broadcast(v);
         const float* xr = xg + size_t(__builtin_ctzll(b)) * S;
@@ -203,11 +215,7 @@ void row_block(const uint64_t* masks, const V* const* vals, size_t groups, const
         for (int u = 0; u + 1 < U; ++u)
             if (j + u < cnt) fma(acc[u], v + j + u, b, xg);
     }
-    for (int i = 0; i < NACC; ++i) {  // yt = the sum of the U copies
-        Vec sum = acc[0][i];
-        for (int u = 1; u < U; ++u) sum = Simd::add(sum, acc[u][i]);
-        Simd::store(yt + L * i, sum);
-    }
+    accs.store(yt);
 }
 
 // One block of rows [m0, m0 + mb) of x, every row of W, through row_block<NACC>.
