@@ -61,8 +61,7 @@ def call_timer(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
     else:
         compiled, ops = openvino_runner.compile_model(graph, sparse=runtime == "openvino-sparse", threads=s.threads,
                                                       min_sparsity=s.min_sparsity)
-        request, inputs = compiled.create_infer_request(), openvino_runner.model_inputs(compiled, feeds)
-        once = _timed(lambda: request.infer(inputs))
+        once = _timed(openvino_runner.infer_call(compiled, feeds))
         info = {"sparse_ops": ops.as_dict()} if runtime == "openvino-sparse" else {}
     for _ in range(s.warmup):
         once()
