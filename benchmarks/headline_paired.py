@@ -89,7 +89,7 @@ def measure_flavour(flavour: str, artifacts: dict[str, Path], cycles: int, s: Be
             log.info("%s: compiling %s / %s", flavour, label, rt)
             graph = artifact / read_manifest(artifact)["flavours"][flavour]["file"]
             timers[rt, label], info[f"{rt}/{label}"] = stack.enter_context(
-                call_timer(rt, graph, _feeds(artifact, flavour, s), s))
+                call_timer(rt, graph, _feeds(artifact, flavour, s), s, flavour))
         start = time.monotonic()
         times = alternate(timers, cycles, desc=f"{flavour}: paired cycles")
         wall_s = time.monotonic() - start

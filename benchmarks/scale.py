@@ -160,7 +160,8 @@ def _bench(runtime: str, work: Path, artifact: str, round_: int) -> None:
     manifest = json.loads((directory / "manifest.json").read_text())
     result = {}
     for flavour, entry in manifest["flavours"].items():
-        times, info = time_cell(runtime, directory / entry["file"], _feeds(directory, flavour, settings), settings)
+        times, info = time_cell(runtime, directory / entry["file"], _feeds(directory, flavour, settings), settings,
+                                 flavour)
         result[flavour] = {"times_s": times, **info}
         log.info("%s %s %s: median %.1f ms", runtime, artifact, flavour, 1000 * sorted(times)[len(times) // 2])
     out = work / "bench" / f"{runtime}-{artifact}-{round_}.json"

@@ -76,7 +76,9 @@ class BenchSettings:
     runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
     flavours: tuple[str, ...] = FLAVOURS  # which of each artifact's graphs to time (those it has)
     rounds: int = 2  # interleaved passes over all artifacts, order reversed every other pass
-    min_sparsity: float = openvino_runner.MIN_SPARSITY  # openvino-sparse: share of zeros from which a weight goes sparse
+    # openvino-sparse: share of zeros from which a weight goes sparse; None: by the graph's flavour
+    # (openvino_runner.min_sparsity_for)
+    min_sparsity: float | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.runtimes) - set(RUNTIMES)
@@ -88,6 +90,10 @@ class BenchSettings:
             raise SparseDeployError(f"flavours must be some of {', '.join(FLAVOURS)}, got {', '.join(self.flavours) or 'none'}")
         if min(self.seq_len, self.batch, self.repetitions, self.rounds) < 1 or self.past < 0 or self.warmup < 0:
             raise SparseDeployError("seq_len, batch, repetitions and rounds must be >= 1; past and warmup >= 0")
+
+    def sparse_threshold(self, flavour: str | None) -> float:
+        """openvino-sparse's share of zeros for a graph of ``flavour`` (None: not known)."""
+        return openvino_runner.min_sparsity_for(flavour) if self.min_sparsity is None else self.min_sparsity
 
 
 def summarize(times: list[float]) -> dict[str, float]:
@@ -127,8 +133,8 @@ def _feeds(artifact: Path, flavour: str, s: BenchSettings) -> dict[str, np.ndarr
     return {graph_input.name: graph_input.example(config, s.batch, s.seq_len)}
 
 
-def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
-              s: BenchSettings) -> tuple[list[float], dict[str, Any]]:
+def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray], s: BenchSettings,
+              flavour: str | None = None) -> tuple[list[float], dict[str, Any]]:
     """Timed runs (seconds) of one graph in one runtime, and what the runtime says about it
     (also the kernel sweeps' timer). An int8 runtime takes the graph its converter wrote
     (``INT8_CONVERTERS``; ``measure`` converts each graph once)."""
@@ -136,7 +142,7 @@ def time_cell(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
         return time_runs(session(graph, threads=s.threads), feeds, s.warmup, s.repetitions), {}
     if runtime.startswith("openvino"):
         compiled, ops = openvino_runner.compile_model(graph, sparse=runtime == "openvino-sparse", threads=s.threads,
-                                                      min_sparsity=s.min_sparsity)
+                                                      min_sparsity=s.sparse_threshold(flavour))
         times = openvino_runner.time_runs(compiled, feeds, s.warmup, s.repetitions)
         return times, ({"sparse_ops": ops.as_dict()} if runtime == "openvino-sparse" else {})
     result = deepsparse_runner.run_deepsparse(graph, feeds, num_cores=s.threads, warmup=s.warmup,
@@ -208,7 +214,8 @@ def measure(artifacts: list[Path], s: BenchSettings, labels: list[str] | None = 
             log.info("round %d/%d: %s / %s / %s", r + 1, s.rounds, cell.label, cell.flavour, runtime)
             try:
                 graph = graphs.get(runtime, cell.graph)
-                runs[i, runtime].append(time_cell(runtime, graph, _feeds(cell.artifact, cell.flavour, s), s))
+                runs[i, runtime].append(time_cell(runtime, graph, _feeds(cell.artifact, cell.flavour, s), s,
+                                                       cell.flavour))
             except Exception as exc:  # a graph a runtime cannot load or run is a failed cell, reported, not a traceback
                 row.error = str(exc) if isinstance(exc, SparseDeployError) else first_line(exc)
                 log.error("%s / %s / %s failed: %s", cell.label, cell.flavour, runtime, row.error)
@@ -346,7 +353,8 @@ def write_report(rows: list[BenchRow], s: BenchSettings, out: Path, title: str =
     failure (in the plot, say) leaves no report that looks complete but lacks a part."""
     table = speedups(rows)
     report = {"title": title, "measured": time.strftime("%Y-%m-%d %H:%M"), "environment": describe(),
-              "settings": s.__dict__, "rows": [r.__dict__ for r in rows], "speedups": table,
+              "settings": {**s.__dict__, "min_sparsity": {f: s.sparse_threshold(f) for f in FLAVOURS}},
+              "rows": [r.__dict__ for r in rows], "speedups": table,
               "fastest_dense": fastest_dense(rows), "fastest_int8_dense": fastest_dense(rows, INT8_BASELINES),
               "sparse_not_faster_in_deepsparse": sparse_not_faster(table), **(extra or {})}
     rendered = {"latency.json": (json.dumps(report, indent=2) + "\n").encode(),

@@ -35,12 +35,23 @@ BUILD_COMMAND = "bash scripts/install.sh kernels"
 ISAS = ("scalar", "avx2", "avx512")  # index = the C API's Isa value
 VALUE_BYTES = {"f32": 4, "int8": 1}  # how the packed form stores the non-zeros (the C API's Values)
 Q8_PATHS = ("scalar", "avx512_vnni", "avx2")  # int8 x int8 matmul paths; index = the C API's Q8Path value
-# The share of zeros from which a weight runs on the sparse op; declared here once and handed to
-# the extension (which has the same number as its fallback for other hosts). Chosen from the
-# kernel sweep (benchmarks/results/openvino_sparse_kernels.md, format v2): at 50%, the lowest
-# sparsity swept, the op is ahead of the fastest dense runtime at one row (1.52x, decode) and at
-# 128 rows (1.12x, prefill); at 16 rows it is behind below 90% (0.43x at 50%, 0.78x at 70%).
-MIN_SPARSITY = 0.5
+# The share of zeros from which a weight runs on the sparse op, by how many rows of x a call of
+# the graph multiplies; declared here once and handed to the extension (whose own fallback, for
+# other hosts, is MIN_SPARSITY). Chosen from the kernel sweep
+# (benchmarks/results/openvino_sparse_kernels.md, 2026-12-07, Zen 5): with one row (decode, one
+# token per sequence) the op is bound by the bytes it streams, 0.125 + 4 (1 - s) per weight
+# instead of 4, and at 40% already gains 1.59x, its bandwidth ceiling. With many rows it must
+# out-compute a dense GEMM: 128 rows 1.15x at 40% and 1.32x at 50% at LLaMA-7B widths, but on
+# SmolLM2-135M's 576/1536-wide layers the demo's prefill lost at both (throwaway A/B against
+# plain OpenVINO: 0.90x with the 50% threshold, 0.83x with 40%), so prefill and encoders keep
+# 50%. Batches of 16 rows lose below 80% (0.59x at 50%) either way.
+MIN_SPARSITY = 0.5  # prefill and encoder graphs
+MIN_SPARSITY_DECODE = 0.4  # decode graphs
+
+
+def min_sparsity_for(flavour: str | None) -> float:
+    """The threshold for a graph of ``flavour`` (the artifact's graph names; None: MIN_SPARSITY)."""
+    return MIN_SPARSITY_DECODE if flavour == "decode" else MIN_SPARSITY
 
 
 def library() -> Path:

@@ -44,8 +44,8 @@ def _timed(call: Callable[[], Any]) -> Callable[[], float]:
 
 
 @contextmanager
-def call_timer(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
-               s: BenchSettings) -> Iterator[tuple[Callable[[], float], dict[str, Any]]]:
+def call_timer(runtime: str, graph: Path, feeds: dict[str, np.ndarray], s: BenchSettings,
+               flavour: str | None = None) -> Iterator[tuple[Callable[[], float], dict[str, Any]]]:
     """One graph compiled and warmed up in ``runtime`` (``s.warmup`` runs, ``s.threads``):
     yields a function that runs it once and returns the seconds it took, and what the runtime
     says about the graph (``bench.time_cell``'s: the sparse-op counts of openvino-sparse)."""
@@ -60,7 +60,7 @@ def call_timer(runtime: str, graph: Path, feeds: dict[str, np.ndarray],
         once, info = _timed(lambda: ort_run(sess, feeds)), {}
     else:
         compiled, ops = openvino_runner.compile_model(graph, sparse=runtime == "openvino-sparse", threads=s.threads,
-                                                      min_sparsity=s.min_sparsity)
+                                                      min_sparsity=s.sparse_threshold(flavour))
         once = _timed(openvino_runner.infer_call(compiled, feeds))
         info = {"sparse_ops": ops.as_dict()} if runtime == "openvino-sparse" else {}
     for _ in range(s.warmup):

@@ -81,7 +81,7 @@ def _fake_artifact(root: Path, name: str, flavour: str = "decode", graph: bytes 
 
 
 def test_a_runtime_that_aborts_on_every_cell_fails_bench_with_a_report(tmp_path, capsys, monkeypatch):
-    def aborting(runtime, graph, feeds, s):
+    def aborting(runtime, graph, feeds, s, flavour):
         raise SparseDeployError("DeepSparse failed (killed by SIGABRT)")
 
     monkeypatch.setattr(bench_module, "time_cell", aborting)

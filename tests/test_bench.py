@@ -134,8 +134,8 @@ def test_int8_baselines_time_the_densest_artifact_and_the_head_only(tmp_path, mo
         return dst
 
     monkeypatch.setitem(latency.INT8_CONVERTERS, "onnxruntime-int8", convert)
-    monkeypatch.setattr(latency, "time_cell", lambda runtime, graph, feeds, s: (timed.append((runtime, graph.name)),
-                                                                               ([0.001], {}))[1])
+    monkeypatch.setattr(latency, "time_cell", lambda runtime, graph, feeds, s, flavour: (
+        timed.append((runtime, graph.name)), ([0.001], {}))[1])
     monkeypatch.setattr(latency, "_feeds", lambda *a: {})
     rows = latency.measure(arts, BenchSettings(repetitions=1, rounds=2, runtimes=("onnxruntime", "onnxruntime-int8")))
     assert {(r.label, r.runtime) for r in rows} == {("dense", "onnxruntime"), ("pruned", "onnxruntime"),
@@ -159,7 +159,7 @@ def test_rounds_interleave_artifacts_so_drift_favours_none(tmp_path, monkeypatch
         arts.append(art)
     calls = []
 
-    def fake_time(runtime, graph, feeds, s):
+    def fake_time(runtime, graph, feeds, s, flavour):
         calls.append(graph.parent.name)
         return [(100 - len(calls)) / 1000], {}
 
@@ -185,7 +185,8 @@ def test_flavours_choose_the_graphs_timed(tmp_path, monkeypatch):
     weights = {"layers.0.w": {"shape": [2, 4], "nonzeros": 4}}
     (art / "manifest.json").write_text(json.dumps({"weights": weights, "flavours": flavours}))
     timed = []
-    monkeypatch.setattr(latency, "time_cell", lambda runtime, graph, feeds, s: (timed.append(graph.name), ([0.001], {}))[1])
+    monkeypatch.setattr(latency, "time_cell",
+                        lambda runtime, graph, feeds, s, flavour: (timed.append(graph.name), ([0.001], {}))[1])
     monkeypatch.setattr(latency, "_feeds", lambda *a: {})
     rows = latency.measure([art], BenchSettings(repetitions=1, runtimes=("onnxruntime",), flavours=("decode",)))
     assert [r.flavour for r in rows] == ["decode"] and timed == ["model.onnx", "model.onnx"]

@@ -12,26 +12,32 @@ from onnx import TensorProto, helper, numpy_helper
 from benchmarks import headline as hl
 from benchmarks import headline_paired as hp
 from pipeline.errors import SparseDeployError
-from runtime import deepsparse_runner
-from runtime.bench import BenchSettings
+from runtime import deepsparse_runner, openvino_runner
+from runtime.bench import BenchSettings, time_cell
 from runtime.paired import alternate, call_timer
 from tests.test_headline import _report
 
 
-@pytest.fixture(scope="module")
-def sparse_matmul(tmp_path_factory):
-    """x[4, 64] @ W[64, 32], 80% of W zero: a graph every runtime loads in a second."""
+def _matmul_graph(directory, zeros: float):
+    """x[4, 64] @ W[64, 32] with exactly ``zeros`` of W zero, and its feeds."""
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((64, 32)).astype(np.float32) * (rng.random((64, 32)) > 0.8)
+    w = rng.standard_normal(64 * 32).astype(np.float32)
+    w[rng.permutation(w.size)[:round(zeros * w.size)]] = 0
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
-                              [numpy_helper.from_array(w, "w")])
+                              [numpy_helper.from_array(w.reshape(64, 32), "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
-    path = tmp_path_factory.mktemp("mm") / "model.onnx"
+    path = directory / "model.onnx"
     onnx.save(model, str(path))
     return path, {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def sparse_matmul(tmp_path_factory):
+    """80% of W zero: a graph every runtime loads in a second."""
+    return _matmul_graph(tmp_path_factory.mktemp("mm"), zeros=0.8)
 
 
 def test_every_timer_runs_once_per_cycle_in_an_order_reversed_every_other_cycle():
@@ -50,6 +56,19 @@ def test_each_runtime_times_one_call_of_a_held_graph(sparse_matmul, runtime):
     assert all(0 < t < 5 for t in times)
     if runtime == "openvino-sparse":
         assert info["sparse_ops"]["sparse_matmuls"] == 1
+
+
+@pytest.mark.parametrize("flavour, sparse", [("decode", 1), ("prefill", 0), (None, 0)])
+def test_the_sparse_threshold_follows_the_graph_flavour(tmp_path, flavour, sparse):
+    """45% zeros: between the two thresholds, so on the sparse op in a decode graph (one row per
+    call, bound by the bytes streamed) and on OpenVINO's own MatMul in a prefill graph or one
+    whose flavour is not known."""
+    assert openvino_runner.MIN_SPARSITY_DECODE <= 0.45 < openvino_runner.MIN_SPARSITY
+    path, feeds = _matmul_graph(tmp_path, zeros=0.45)
+    _, info = time_cell("openvino-sparse", path, feeds, BenchSettings(warmup=0, repetitions=1), flavour)
+    assert info["sparse_ops"]["sparse_matmuls"] == sparse
+    with call_timer("openvino-sparse", path, feeds, BenchSettings(warmup=0), flavour) as (_, info):
+        assert info["sparse_ops"]["sparse_matmuls"] == sparse
 
 
 def test_a_runtime_that_converts_graphs_first_is_refused(sparse_matmul):

@@ -146,15 +146,21 @@ def openvino_snippet(graph: str, feed: str) -> str:
 
 def openvino_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``openvino`` entry: how the artifact loads there and which weights go sparse."""
-    from runtime.openvino_runner import BUILD_COMMAND, KERNELS, LIBRARY, MIN_SPARSITY
+    from runtime.openvino_runner import BUILD_COMMAND, KERNELS, LIBRARY, MIN_SPARSITY, MIN_SPARSITY_DECODE
 
     weights = manifest.get("weights", {})
-    sparse = [name for name, w in weights.items() if len(w["shape"]) == 2 and w["sparsity"] >= MIN_SPARSITY]
+
+    def going_sparse(threshold: float) -> int:
+        return sum(len(w["shape"]) == 2 and w["sparsity"] >= threshold for w in weights.values())
+
     return {"extension": str(LIBRARY.relative_to(KERNELS.parents[1])), "build": BUILD_COMMAND,
             "licence": "OpenVINO: Apache-2.0", "precision": "f32 (INFERENCE_PRECISION_HINT)",
-            "min_sparsity": MIN_SPARSITY, "sparse_weights": len(sparse), "weights": len(weights),
+            "min_sparsity": MIN_SPARSITY, "sparse_weights": going_sparse(MIN_SPARSITY),
+            "min_sparsity_decode": MIN_SPARSITY_DECODE, "sparse_weights_decode": going_sparse(MIN_SPARSITY_DECODE),
+            "weights": len(weights),
             "how": "the extension's ONNX-frontend conversion of MatMul packs every constant weight with at least "
-                   "min_sparsity zeros into the bitmap-16 format when the model is read; the ONNX file is unchanged"}
+                   "min_sparsity zeros (SPARSE_DEPLOY_OV_MIN_SPARSITY; sparse-deploy sets min_sparsity_decode for "
+                   "decode graphs) into the bitmap-16 format when the model is read; the ONNX file is unchanged"}
 
 
 def _graph_feed(kind: ModelKind, config: Any) -> tuple[str, tuple[int, ...], str]:
@@ -196,9 +202,12 @@ def _model_card(report: dict[str, Any], manifest: dict[str, Any], config: Any) -
                   "name = session.get_inputs()[0].name",
                   f"print(session.run(None, {{name: {feed}}})[0].shape)"]
     ov_feed = f"{{0: {feed}}}"
+    ov = openvino_manifest(manifest)
+    decode_threshold = (f"; for the decode graph, set `SPARSE_DEPLOY_OV_MIN_SPARSITY={ov['min_sparsity_decode']}` "
+                        f"before reading it: at one row the op pays from {ov['min_sparsity_decode']:.0%}") if decode else ""
     lines += ["```", "", "OpenVINO (Apache-2.0) with sparse-deploy's sparse MatMul extension, built in a sparse-deploy "
               f"checkout by `bash scripts/install.sh kernels` (weights with at least "
-              f"{openvino_manifest(manifest)['min_sparsity']:.0%} zeros run on it; the rest, and everything without "
+              f"{ov['min_sparsity']:.0%} zeros run on it{decode_threshold}; the rest, and everything without "
               "the extension, on OpenVINO's own kernels):", "", "```python", openvino_snippet(graph, ov_feed)]
     lines += ["```", "", "DeepSparse 1.8.0 (its own environment: numpy<2, onnx<1.15; set `NM_DISABLE_ANALYTICS=1`):", "",
               "```python", "import numpy as np", "from deepsparse import Engine",
