@@ -54,8 +54,9 @@ constexpr size_t kQ8MaxRows = 8;
 // (avx512_vnni.cpp); kQ8MaxRows on the others, which re-read the tile per row of x.
 size_t q8_max_rows(Q8Path path) { return path == Q8Path::avx512_vnni ? SIZE_MAX : kQ8MaxRows; }
 
-// The fallback when SPARSE_DEPLOY_OV_MIN_SPARSITY is not set; sparse-deploy always sets it from
-// runtime/openvino_runner.py's MIN_SPARSITY (chosen from the kernel sweep), which is the same.
+// The fallback when SPARSE_DEPLOY_OV_MIN_SPARSITY is not set; sparse-deploy always sets it, per
+// graph flavour, from runtime/openvino_runner.py (chosen from the kernel sweep): MIN_SPARSITY, the
+// same as this, for prefill and encoder graphs, MIN_SPARSITY_DECODE for decode graphs.
 constexpr double kDefaultMinSparsity = 0.5;
 
 void ov_parallel(size_t tasks, const std::function<void(size_t)>& f) {
